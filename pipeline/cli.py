@@ -1,0 +1,182 @@
+"""Command line: ``python -m pipeline COMMAND`` (or the ``pipeline`` console script).
+
+Thin on purpose: each command parses arguments and calls one stage module.
+Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _sweep_of(target: str):
+    """A sweep folder from a spec file or a sweep folder."""
+    from .spec import load
+    from .sweep import Sweep
+
+    p = Path(target)
+    if p.is_dir():
+        if not (p / "plan.parquet").exists():
+            raise UsageError(f"{p}: not a sweep folder (no plan.parquet); pass a spec or run the sweep first")
+        return Sweep(p)
+    spec = load(p)
+    return Sweep(Path(spec.output_dir))
+
+
+def cmd_plan(a) -> int:
+    from . import plan as planmod
+    from .spec import load
+    from .sweep import Sweep
+
+    spec = load(a.spec)
+    plan = planmod.build(spec)
+    from .show import print_plan
+
+    print_plan(console, spec, plan, Sweep.for_spec(spec), rows=a.rows)
+    return 0
+
+
+def cmd_run(a) -> int:
+    from . import launch
+    from . import plan as planmod
+    from .runner import quiet
+    from .spec import load
+    from .sweep import Sweep
+
+    quiet()
+    spec = load(a.spec)
+    plan = planmod.build(spec)
+    sweep = Sweep.for_spec(spec)
+    sweep.write(spec, plan)
+    console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
+                  f"-> {sweep.root}")
+    _ensure_hosts(spec)
+    counts = launch.run_local(sweep, workers=a.workers, debug=a.debug, console=console)
+    res = _merge(sweep)
+    from .show import print_summary
+
+    print_summary(console, sweep, res)
+    if counts["failed"]:
+        console.print(f"[red]{counts['failed']} pack(s) had failed runs[/red]: see `pipeline status {a.spec}`; "
+                      f"`pipeline run {a.spec}` again runs only what is missing")
+        return 1
+    return 0
+
+
+def _ensure_hosts(spec) -> None:
+    """Build embedded hosts the spec uses before workers start (one build, with progress)."""
+    from .hosts import resolve_host
+
+    for h in spec.hosts:
+        if h.model.startswith("embedded:"):
+            resolve_host(h.model, Path(spec.models_dir))
+
+
+def _merge(sweep):
+    from .merge import merge
+
+    res = merge(sweep.root, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+    console.print(f"merged {res.shards} shards -> {res.path} ({res.rows} rows, {len(res.quarantined)} quarantined)")
+    return res
+
+
+def cmd_merge(a) -> int:
+    _merge(_sweep_of(a.target))
+    return 0
+
+
+def cmd_summary(a) -> int:
+    from .show import print_summary
+
+    sweep = _sweep_of(a.target)
+    if not sweep.results.exists():
+        _merge(sweep)
+    print_summary(console, sweep, None)
+    return 0
+
+
+def cmd_hosts(a) -> int:
+    from .hosts import build_all
+
+    for name, path in build_all(Path(a.models_dir), a.which).items():
+        console.print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pipeline", description="PEFT portability sweeps: plan, run, merge and report.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("plan", help="dry run: show the planned runs and where results go, run nothing")
+    s.add_argument("spec", help="sweep spec (YAML)")
+    s.add_argument("--rows", type=int, default=8, help="runs to show per stage (default 8)")
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("run", help="run a sweep on this machine (submitit local executor), then merge")
+    s.add_argument("spec", help="sweep spec (YAML)")
+    s.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
+    s.add_argument("--debug", action="store_true", help="run in this process (submitit DebugExecutor)")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("merge", help="merge shards into results.parquet (bad shards quarantined)")
+    s.add_argument("target", help="sweep spec or sweep folder")
+    s.set_defaults(fn=cmd_merge)
+
+    s = sub.add_parser("summary", help="print mean accuracy by technique x condition x regime")
+    s.add_argument("target", help="sweep spec or sweep folder")
+    s.set_defaults(fn=cmd_summary)
+
+    s = sub.add_parser("hosts", help="build the embedded hosts (derived MiniLM, tiny test hosts)")
+    s.add_argument("--models-dir", default="models", help="where built hosts go (default models/)")
+    s.add_argument("--which", nargs="*", default=None, help="names to build (default: the MiniLM pair)")
+    s.set_defaults(fn=cmd_hosts)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .port import ModuleError
+    from .spec import SpecError
+
+    errors: tuple = (UsageError, SpecError, DataError, ModuleError, FileNotFoundError, PermissionError)
+    try:
+        from .hosts import HostError
+
+        errors += (HostError,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        args = build_parser().parse_args(argv)
+        if args.cmd in ("run",) and getattr(args, "workers", 1) < 1:
+            raise UsageError("pipeline run: --workers must be at least 1")
+        return args.fn(args)
+    except errors as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, read-only folder, ...
+        print(f"error: {e.filename or ''}: {e.strerror}".replace(": :", ":"), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def main_exit() -> None:
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The job function Slurm (or a local process) runs: a pack of planned runs.
+
+One process, one import of torch, one load per host, several runs.  Runs
+already done (valid shard) are skipped, so a resubmitted or requeued pack
+only does what is left.  A failing run is recorded in errors/ and the pack
+goes on; the task fails at the end if any run failed, so the scheduler shows it.
+
+On preemption or timeout (SIGUSR2 from Slurm) the training loop finishes its
+step, saves a checkpoint, and submitit requeues the task, which resumes there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import submitit
+
+from .sweep import Sweep
+
+
+class PackFailed(RuntimeError):
+    pass
+
+
+class _Preemption:
+    """Defer submitit's checkpoint-and-requeue signal to the end of a training step."""
+
+    def __init__(self) -> None:
+        self.pending = None
+        self.in_loop = False
+        self.old = None
+
+    def install(self) -> None:
+        sig = signal.SIGUSR2
+        self.old = signal.getsignal(sig)
+        if callable(self.old):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.pending = (signum, frame)
+        if not self.in_loop:
+            self.fire()
+
+    def requested(self) -> bool:
+        return self.pending is not None
+
+    def fire(self) -> None:
+        self.old(*self.pending)  # submitit: pickle the checkpointed call, requeue, exit
+
+
+class RunPack(submitit.helpers.Checkpointable):
+    def __init__(self, sweep_dir: str, run_ids: list[str], threads: int | None = None):
+        self.sweep_dir = str(sweep_dir)
+        self.run_ids = list(run_ids)
+        self.threads = threads
+
+    def __call__(self) -> dict:
+        from . import runner
+        from .train import Stop
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        runner.quiet()
+        sweep = Sweep(Path(self.sweep_dir))
+        rows = sweep.plan_rows
+        hosts = runner.HostCache(Path(sweep.spec.models_dir))
+        pre = _Preemption()
+        pre.install()
+        done, skipped, failed = [], [], []
+        for rid in self.run_ids:
+            if is_complete(sweep, rows[rid]):
+                skipped.append(rid)
+                continue
+            try:
+                pre.in_loop = True
+                runner.execute(rows[rid], sweep, hosts, stop_requested=pre.requested)
+                done.append(rid)
+            except Stop:
+                pre.fire()
+                raise
+            except Exception as e:  # record and go on with the pack
+                runner.record_error(sweep, rid, e)
+                failed.append(rid)
+            finally:
+                pre.in_loop = False
+            if pre.requested():
+                pre.fire()
+        if failed:
+            first = sweep.error(failed[0]).read_text().splitlines()[0]
+            raise PackFailed(f"{len(failed)} of {len(self.run_ids)} runs failed (first: {failed[0]}: {first})")
+        return {"done": done, "skipped": skipped, "pid": os.getpid()}
+
+
+def is_complete(sweep: Sweep, row: dict) -> bool:
+    """Done = a valid shard (and, for stage 1, a module that passes its checksum)."""
+    from . import port, shards
+
+    if not shards.is_done(sweep.root, row["run_id"]):
+        return False
+    return row["stage"] != 1 or port.module_ok(sweep.module(row["run_id"]))

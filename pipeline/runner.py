@@ -1,0 +1,135 @@
+"""Execute one planned run: load host, attach technique, port, train, evaluate, write shard.
+
+Everything a run needs is in its planned config (``config_json``), so the same
+function runs it on a laptop, in a Slurm array task or inside a pack, with the
+same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from . import data, port, shards
+from . import techniques as T
+from .spec import Dataset, Training
+from .sweep import Sweep
+from .tasks import Task
+
+
+def quiet() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+class HostCache:
+    """Load each host once per process; hand out fresh deep copies to runs."""
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = models_dir
+        self._models: dict[tuple, torch.nn.Module] = {}
+        self._tokenizers: dict[str, object] = {}
+
+    def path(self, model: str) -> str:
+        from .hosts import resolve_host
+
+        return resolve_host(model, self.models_dir)
+
+    def tokenizer(self, model: str):
+        if model not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[model] = AutoTokenizer.from_pretrained(self.path(model))
+        return self._tokenizers[model]
+
+    def model(self, model: str, task: Task) -> torch.nn.Module:
+        key = (model, task.kind, len(task.label_words))
+        if key not in self._models:
+            self._models[key] = task.load_model(self.path(model)).eval()
+        return copy.deepcopy(self._models[key])
+
+
+def make_task(cfg: dict, tokenizer, training: Training) -> Task:
+    ds = Dataset(name="_", **cfg["dataset"])
+    return Task(cfg["task"], tokenizer, tuple(ds.label_words), training.max_length)
+
+
+def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: False, on_step=None) -> dict:
+    """Run one planned run and write its shard; returns the shard row."""
+    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, train
+
+    cfg = json.loads(row["config_json"])
+    stage, seed, technique = cfg["stage"], cfg["seed"], T.get(cfg["technique"])
+    training = Training(**(cfg["training"] or {}))
+    ds = Dataset(name=row["dataset"], **cfg["dataset"])
+    t_start = time.perf_counter()
+    task = make_task(cfg, hosts.tokenizer(cfg["host"]), training)
+    train_split, eval_split = data.load(ds)
+
+    torch.manual_seed(seed)
+    model = hosts.model(cfg["host"], task)
+    task.reset_head(model, seed)
+    torch.manual_seed(seed)
+    model = technique.build(model, task.kind, cfg["params"])  # the fresh (scratch) initialisation
+    checks: dict = {}
+    if stage == 2 and cfg["condition"] != "scratch":
+        state, info = port.load_module(sweep.module(row["needs"]))
+        state = {n: t for n, t in state.items() if cfg["port_head"] or not T.is_head_param(n)}
+        if cfg["condition"] == "sampled":
+            state, checks = port.sample_like(state, seed)
+        checks.update(port.load_into(model, state, include_head=cfg["port_head"]))
+        checks["origin_module_sha256"] = info["sha256"]
+    acc = accelerator(training.precision)
+    model = model.to(acc.device)
+    load_s = time.perf_counter() - t_start
+    steps = training.steps if stage == 1 else cfg["regime"]
+    lr = training.lr or cfg["params"].get("lr") or 1e-3
+    torch.manual_seed(seed)
+    tr = train(model, task, train_split.texts, train_split.labels, steps=steps, lr=lr, cfg=training, seed=seed,
+               acc=acc, ckpt=Checkpoint(sweep.ckpt(row["run_id"])), stop_requested=stop_requested, on_step=on_step)
+    model = acc.unwrap_model(model)
+    ev = evaluate(model, task, eval_split.texts, eval_split.labels, cfg=training, acc=acc)
+    if stage == 1:
+        state = T.module_state(model)
+        sha = port.save_module(state, sweep.module(row["run_id"]), {"run_id": row["run_id"], "technique": cfg["technique"],
+                                                                    "host": cfg["host"]})
+        checks.update({"module_sha256": sha, "module_tensors": len(state),
+                       "module_parameters": sum(t.numel() for t in state.values())})
+    result = {k: v for k, v in row.items()}
+    result.update(tr)
+    result.update(ev)
+    result.update(checks)
+    result.update({"lr": lr, "train_examples": len(train_split), "load_time_s": load_s,
+                   "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(),
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    result.update(shards.provenance())
+    shards.write(sweep.shard(row["run_id"]), result)
+    ck = sweep.ckpt(row["run_id"])
+    if ck.exists():
+        ck.unlink()
+    err = sweep.error(row["run_id"])
+    if err.exists():
+        err.unlink()
+    return result
+
+
+def record_error(sweep: Sweep, run_id: str, exc: BaseException) -> None:
+    path = sweep.error(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(exc))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(f"{type(exc).__name__}: {exc}\n\n{text}")
+    os.replace(tmp, path)

@@ -1,0 +1,111 @@
+"""Result shards: one Parquet file per run, written to a temp name and renamed.
+
+A run is done only when its shard exists, reads back, and names the run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REQUIRED = ("run_id", "stage", "technique", "seed", "accuracy", "macro_f1")
+
+
+class ShardError(ValueError):
+    pass
+
+
+def shard_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "shards" / f"{run_id}.parquet"
+
+
+def write(path: Path, row: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([row])
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Read and validate one shard; raises ShardError naming the file."""
+    try:
+        t = pq.read_table(path)
+    except Exception as e:
+        raise ShardError(f"{path}: unreadable shard ({str(e).splitlines()[0][:120]})") from None
+    missing = [c for c in REQUIRED if c not in t.column_names]
+    if missing:
+        raise ShardError(f"{path}: shard lacks columns {missing}")
+    if t.num_rows != 1:
+        raise ShardError(f"{path}: shard has {t.num_rows} rows, expected 1")
+    row = t.to_pylist()[0]
+    if row["run_id"] != path.stem:
+        raise ShardError(f"{path}: shard names run {row['run_id']!r}, not {path.stem!r}")
+    return row
+
+
+def is_done(sweep_dir: Path, run_id: str) -> bool:
+    try:
+        read(shard_path(sweep_dir, run_id))
+        return True
+    except (ShardError, FileNotFoundError):
+        return False
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "datasets", "pyarrow", "submitit"):
+        try:
+            out[f"v_{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[f"v_{pkg}"] = None
+    return out
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline"], cwd=here, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, Any]:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        **_versions(),
+        "python": platform.python_version(),
+        "git_commit": code_version(),
+        "hostname": socket.gethostname(),
+        "device": device,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,84 @@
+"""Human-facing tables: the plan (dry run) and the results summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.table import Table
+
+COLS = ("run_id", "stage", "technique", "host_pair", "dataset", "seed", "condition", "regime", "needs")
+
+
+def print_plan(console, spec, plan, sweep, rows: int = 8) -> None:
+    console.print(f"[bold]{spec.name}[/bold] (spec {spec.digest()}): "
+                  f"{len(plan.stage1)} stage-1 runs (origin training) + {len(plan.stage2)} stage-2 runs "
+                  f"(receiving host) = {len(plan.runs)}")
+    axes = Table(title="axes", show_header=True)
+    axes.add_column("axis")
+    axes.add_column("values")
+    axes.add_row("techniques", ", ".join(spec.techniques))
+    axes.add_row("host pairs", ", ".join(f"{a}->{b}" for a, b in spec.directed_pairs()))
+    axes.add_row("datasets", ", ".join(d.name for d in spec.datasets))
+    axes.add_row("conditions", ", ".join(spec.conditions))
+    axes.add_row("regimes", ", ".join("zero-shot" if r == 0 else f"{r} steps" for r in spec.regimes))
+    axes.add_row("seeds", ", ".join(map(str, spec.seeds)))
+    console.print(axes)
+    for stage, runs in ((1, plan.stage1), (2, plan.stage2)):
+        t = Table(title=f"stage {stage}: first {min(rows, len(runs))} of {len(runs)} runs")
+        for c in COLS:
+            t.add_column(c)
+        for r in runs[:rows]:
+            row = r.row()
+            t.add_row(*["" if row[c] is None else str(row[c]) for c in COLS])
+        console.print(t)
+    done = sweep.done_ids() if sweep.root.exists() else set()
+    console.print(f"results go to {sweep.root}/ (shards/, modules/, results.parquet); "
+                  f"{len(done & {r.run_id for r in plan.runs})} of {len(plan.runs)} runs already have a shard")
+
+
+def print_summary(console, sweep, merge_result) -> None:
+    import duckdb
+
+    if not sweep.results.exists():
+        console.print("no results yet")
+        return
+    con = duckdb.connect()
+    path = str(sweep.results)
+    stage1 = con.execute(f"""SELECT technique, count(*), avg(accuracy), avg(macro_f1) FROM read_parquet('{path}')
+                             WHERE stage = 1 GROUP BY technique ORDER BY technique""").fetchall()
+    if stage1:
+        t = Table(title="stage 1: module on its origin host (mean over origins, datasets, seeds)")
+        for c in ("technique", "runs", "accuracy", "macro-F1"):
+            t.add_column(c)
+        for tech, n, acc, f1 in stage1:
+            t.add_row(tech, str(n), f"{acc:.3f}", f"{f1:.3f}")
+        console.print(t)
+    cols = con.execute(f"SELECT * FROM read_parquet('{path}') LIMIT 0").description
+    if "condition" not in {c[0] for c in cols}:
+        return
+    rows = con.execute(f"""SELECT technique, condition, regime, count(*), avg(accuracy) FROM read_parquet('{path}')
+                           WHERE stage = 2 GROUP BY ALL ORDER BY ALL""").fetchall()
+    if not rows:
+        return
+    conds = sorted({r[1] for r in rows}, key=["ported", "sampled", "scratch"].index)
+    regimes = sorted({r[2] for r in rows})
+    cell = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+    t = Table(title="stage 2: mean accuracy on the receiving host (runs in brackets)")
+    t.add_column("technique")
+    for reg in regimes:
+        for c in conds:
+            t.add_column(f"{c}\n{'zero-shot' if reg == 0 else f'+{reg} steps'}", justify="right")
+    for tech in sorted({r[0] for r in rows}):
+        vals = []
+        for reg in regimes:
+            for c in conds:
+                n_acc = cell.get((tech, c, reg))
+                vals.append(f"{n_acc[1]:.3f} ({n_acc[0]})" if n_acc else "-")
+        t.add_row(tech, *vals)
+    console.print(t)
+    n = Counter(r["stage"] for r in sweep.plan_rows.values())
+    got = con.execute(f"SELECT stage, count(*) FROM read_parquet('{path}') GROUP BY stage").fetchall()
+    got = dict(got)
+    missing = sum(n.values()) - sum(got.values())
+    console.print(f"runs with results: stage 1 {got.get(1, 0)}/{n[1]}, stage 2 {got.get(2, 0)}/{n[2]}"
+                  + (f" [yellow]({missing} missing)[/yellow]" if missing else ""))

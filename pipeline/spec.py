@@ -1,0 +1,266 @@
+"""The sweep spec: a YAML file validated by pydantic.
+
+Every error becomes one line that names the file, the field path and what is
+allowed, e.g. ``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONDITIONS = ("ported", "scratch", "sampled")
+ZERO_SHOT = "zero-shot"
+
+
+class SpecError(ValueError):
+    """A bad spec; str() is the one-line message for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(_Strict):
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="hub name, local folder, or embedded:NAME")
+    task: Literal["classification", "text-to-text"] = "classification"
+
+
+class Dataset(_Strict):
+    name: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="hub name, local csv/json/parquet file, or embedded:NAME")
+    text_field: str = "text"
+    label_field: str = "label"
+    label_words: tuple[str, ...] = ("negative", "positive")
+    train_split: str = "train"
+    eval_split: str | None = None  # None: hold out eval_size examples of train_split
+    train_size: int | None = Field(default=None, gt=0)
+    eval_size: int = Field(default=500, gt=0)
+
+
+class Training(_Strict):
+    steps: int = Field(default=100, ge=0, description="optimizer steps (origin training)")
+    batch_size: int = Field(default=32, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    max_length: int = Field(default=64, gt=0)
+    lr: float | None = Field(default=None, gt=0, description="None: the technique's default")
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
+
+
+class Resources(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus: int = Field(default=0, ge=0)
+    cpus: int = Field(default=2, gt=0)
+    mem_gb: float = Field(default=8, gt=0)
+    time_min: int = Field(default=60, gt=0)
+    constraint: str | None = None
+    array_parallelism: int = Field(default=64, gt=0)
+    pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options")
+
+
+class Stages(_Strict):
+    stage1: Resources = Resources()
+    stage2: Resources = Resources()
+
+
+class Spec(_Strict):
+    name: str = Field(min_length=1)
+    output_dir: str = Field(min_length=1)
+    models_dir: str = "models"
+    hosts: list[Host] = Field(min_length=2)
+    host_pairs: list[tuple[str, str]] = Field(min_length=1, description="[origin, receiving] host names")
+    both_directions: bool = True
+    datasets: list[Dataset] = Field(min_length=1)
+    techniques: list[str] = Field(min_length=1)
+    technique_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    conditions: list[Literal["ported", "scratch", "sampled"]] = Field(min_length=1)
+    regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
+    seeds: list[int] = Field(min_length=1)
+    port_head: bool = True
+    origin_training: Training = Training()
+    further_training: Training = Training()
+    resources: Stages = Stages()
+
+    @field_validator("techniques")
+    @classmethod
+    def _known_techniques(cls, v: list[str]) -> list[str]:
+        from . import techniques
+
+        for i, t in enumerate(v):
+            if t not in techniques.REGISTRY:
+                raise _ItemError(i, f"unknown technique {t!r}{_did_you_mean(t, techniques.known())} "
+                                 f"(known: {', '.join(techniques.known())})")
+        return _unique(v)
+
+    @field_validator("regimes")
+    @classmethod
+    def _regimes(cls, v: list) -> list[int]:
+        out = []
+        for i, r in enumerate(v):
+            if r == ZERO_SHOT:
+                r = 0
+            if r < 0:
+                raise _ItemError(i, f"a budget must be zero-shot or a step count >= 0, got {r}")
+            out.append(r)
+        return _unique(out)
+
+    @field_validator("seeds", "conditions")
+    @classmethod
+    def _no_duplicates(cls, v: list) -> list:
+        return _unique(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        names = [h.name for h in self.hosts]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise _PathError(f"hosts[{i}].name", f"duplicate host name {n!r}")
+        for i, (a, b) in enumerate(self.host_pairs):
+            for j, h in enumerate((a, b)):
+                if h not in names:
+                    raise _PathError(f"host_pairs[{i}][{j}]", f"unknown host {h!r}{_did_you_mean(h, names)} "
+                                     f"(hosts: {', '.join(names)})")
+            if a == b:
+                raise _PathError(f"host_pairs[{i}]", f"origin and receiving host are the same ({a!r})")
+            if self.host(a).task != self.host(b).task:
+                raise _PathError(f"host_pairs[{i}]", f"hosts {a!r} and {b!r} have different tasks")
+        ds = [d.name for d in self.datasets]
+        for i, n in enumerate(ds):
+            if ds.index(n) != i:
+                raise _PathError(f"datasets[{i}].name", f"duplicate dataset name {n!r}")
+        for t in self.technique_params:
+            if t not in self.techniques:
+                raise _PathError(f"technique_params.{t}", f"not one of this spec's techniques "
+                                 f"({', '.join(self.techniques)})")
+        if len(self.directed_pairs()) != len(set(self.directed_pairs())):
+            raise _PathError("host_pairs", "the same origin -> receiving pair appears twice "
+                             "(both_directions already adds the reverse)")
+        return self
+
+    # -- derived views -------------------------------------------------------------
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def directed_pairs(self) -> list[tuple[str, str]]:
+        pairs = [tuple(p) for p in self.host_pairs]
+        if self.both_directions:
+            pairs += [(b, a) for a, b in pairs]
+        return pairs
+
+    def params_for(self, technique: str) -> dict[str, Any]:
+        from . import techniques
+
+        return {**techniques.get(technique).defaults, **self.technique_params.get(technique, {})}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class _PathError(ValueError):
+    def __init__(self, path: str, msg: str):
+        super().__init__(msg)
+        self.path, self.msg = path, msg
+
+
+class _ItemError(ValueError):
+    def __init__(self, index: int, msg: str):
+        super().__init__(msg)
+        self.index, self.msg = index, msg
+
+
+def _unique(v: list) -> list:
+    seen = set()
+    for i, x in enumerate(v):
+        if x in seen:
+            raise _ItemError(i, f"duplicate value {x!r}")
+        seen.add(x)
+    return v
+
+
+def _did_you_mean(word: str, choices) -> str:
+    m = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at a location (for unknown-key messages)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or cur is None:
+            continue
+        f = getattr(cur, "model_fields", {}).get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        cur = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(getattr(cur, "model_fields", {}) or [])
+
+
+def _format_loc(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    ctx = err.get("ctx") or {}
+    exc = ctx.get("error")
+    if isinstance(exc, _PathError):
+        return f"{exc.path}: {exc.msg}"
+    if isinstance(exc, _ItemError):
+        return f"{_format_loc(loc)}[{exc.index}]: {exc.msg}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_of(Spec, loc)
+        key = loc[-1]
+        return f"{_format_loc(loc)}: unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
+    if err["type"] == "too_short" and err.get("input") in ([], {}, ()):
+        return f"{_format_loc(loc)}: must not be empty"
+    if err["type"] == "missing":
+        return f"{_format_loc(loc)}: required field is missing"
+    if err["type"] == "literal_error":
+        return f"{_format_loc(loc)}: {err['input']!r} is not allowed ({msg.removeprefix('Input should be ')})"
+    return f"{_format_loc(loc)}: {msg} (got {err.get('input')!r})"
+
+
+def parse(data: Any, source: str = "<spec>") -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {_first_error(e)}") from None
+
+
+def load(path: str | Path) -> Spec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such spec file") from None
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise SpecError(f"{p}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    return parse(data, str(p))

@@ -1,0 +1,104 @@
+"""The sweep folder: where a spec's plan, modules, shards and logs live.
+
+    <output_dir>/
+      spec.yaml  sweep.json  plan.parquet     what was asked, when, by which code
+      modules/<run_id>/module.safetensors    stage-1 modules (+ module.json, checksum)
+      shards/<run_id>.parquet                one result row per finished run
+      errors/<run_id>.txt                    last error of a failed run
+      ckpt/<run_id>.pt                       training checkpoints (preemption)
+      jobs.jsonl  submitit/                  submitted jobs and their logs
+      results.parquet  quarantine/           merged results, shards moved aside
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from . import plan as planmod
+from . import spec as specmod
+from .shards import code_version
+
+
+@dataclass
+class Sweep:
+    root: Path
+
+    @classmethod
+    def for_spec(cls, spec: specmod.Spec) -> "Sweep":
+        return cls(Path(spec.output_dir))
+
+    # -- paths -------------------------------------------------------------------
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def shard(self, run_id: str) -> Path:
+        return self.shards / f"{run_id}.parquet"
+
+    def module(self, run_id: str) -> Path:
+        return self.root / "modules" / run_id
+
+    def error(self, run_id: str) -> Path:
+        return self.root / "errors" / f"{run_id}.txt"
+
+    def ckpt(self, run_id: str) -> Path:
+        return self.root / "ckpt" / f"{run_id}.pt"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    # -- spec and plan -------------------------------------------------------------
+    def write(self, spec: specmod.Spec, plan: planmod.Plan) -> None:
+        """Record the spec and its plan (idempotent: an existing plan must match)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        table = plan_table(plan)
+        if (self.root / "plan.parquet").exists():
+            old = set(pq.read_table(self.root / "plan.parquet", columns=["run_id"]).column("run_id").to_pylist())
+            new = set(table.column("run_id").to_pylist())
+            if old == new:
+                return
+        _atomic_text(self.root / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        _atomic_text(self.root / "sweep.json", json.dumps({
+            "name": spec.name, "spec_hash": spec.digest(), "code_version": code_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "runs": {"stage1": len(plan.stage1), "stage2": len(plan.stage2)}}, indent=1))
+        tmp = self.root / f".plan.parquet.tmp{os.getpid()}"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.root / "plan.parquet")
+
+    @cached_property
+    def spec(self) -> specmod.Spec:
+        return specmod.load(self.root / "spec.yaml")
+
+    @cached_property
+    def plan_rows(self) -> dict[str, dict]:
+        path = self.root / "plan.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{self.root}: no plan.parquet (not a sweep folder; run `pipeline sweep` first)")
+        return {r["run_id"]: r for r in pq.read_table(path).to_pylist()}
+
+    def done_ids(self) -> set[str]:
+        """Run ids whose shard file exists (cheap; validation happens in status/merge)."""
+        if not self.shards.exists():
+            return set()
+        return {e.name[:-8] for e in os.scandir(self.shards) if e.name.endswith(".parquet") and not e.name.startswith(".")}
+
+
+def plan_table(plan: planmod.Plan) -> pa.Table:
+    return pa.Table.from_pylist([r.row() for r in plan.runs])
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
