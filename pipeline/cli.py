@@ -49,7 +49,27 @@ def cmd_plan(a) -> int:
     from .show import print_plan
 
     print_plan(console, spec, plan, Sweep.for_spec(spec), rows=a.rows)
+    for name in PLAN_EXTRAS:  # cost estimate, Slurm array layout and sbatch scripts
+        mod = _optional(name)
+        if mod is not None and hasattr(mod, "print_plan_extra"):
+            mod.print_plan_extra(console, spec, plan)
     return 0
+
+
+# Stage modules that add their own subcommands (``add_parsers(sub)``) or dry-run sections.
+COMMAND_MODULES = ("slurm_launch", "status", "report", "bench")
+PLAN_EXTRAS = ("cost", "slurm_launch")
+
+
+def _optional(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"pipeline.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"pipeline.{name}":
+            raise
+        return None
 
 
 def cmd_run(a) -> int:
@@ -146,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models-dir", default="models", help="where built hosts go (default models/)")
     s.add_argument("--which", nargs="*", default=None, help="names to build (default: the MiniLM pair)")
     s.set_defaults(fn=cmd_hosts)
+    for name in COMMAND_MODULES:
+        mod = _optional(name)
+        if mod is not None and hasattr(mod, "add_parsers"):
+            mod.add_parsers(sub)
     return p
 
 
