@@ -32,7 +32,14 @@ def pending(sweep: Sweep, stage: int) -> list[str]:
 def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None) -> dict:
     """Run every unfinished run of the sweep on this machine; returns counts."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = console or Console()
     folder = sweep.root / "submitit" / "local"

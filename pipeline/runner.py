@@ -64,7 +64,7 @@ class HostCache:
 
 def make_task(cfg: dict, tokenizer, training: Training) -> Task:
     ds = Dataset(name="_", **cfg["dataset"])
-    return Task(cfg["task"], tokenizer, tuple(ds.label_words), training.max_length)
+    return Task(cfg["task"], tokenizer, tuple(ds.label_words), training.max_length, ds.template)
 
 
 def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: False, on_step=None) -> dict:

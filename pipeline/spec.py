@@ -39,10 +39,20 @@ class Dataset(_Strict):
     text_field: str = "text"
     label_field: str = "label"
     label_words: tuple[str, ...] = ("negative", "positive")
+    # Input template, e.g. "sentiment: {text}".  Left out of dumps (and so of run ids) while it is the
+    # default, so specs that do not set it keep their run ids.
+    template: str = Field(default="{text}", exclude_if=lambda v: v == "{text}")
     train_split: str = "train"
     eval_split: str | None = None  # None: hold out eval_size examples of train_split
     train_size: int | None = Field(default=None, gt=0)
     eval_size: int = Field(default=500, gt=0)
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_text(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError(f"must contain {{text}} where the input text goes, got {v!r}")
+        return v
 
 
 class Training(_Strict):
@@ -141,10 +151,12 @@ class Spec(_Strict):
         for i, n in enumerate(ds):
             if ds.index(n) != i:
                 raise _PathError(f"datasets[{i}].name", f"duplicate dataset name {n!r}")
+        from . import techniques
+
         for t in self.technique_params:
-            if t not in self.techniques:
-                raise _PathError(f"technique_params.{t}", f"not one of this spec's techniques "
-                                 f"({', '.join(self.techniques)})")
+            if t not in techniques.REGISTRY:
+                raise _PathError(f"technique_params.{t}", f"unknown technique{_did_you_mean(t, techniques.known())} "
+                                 f"(known: {', '.join(techniques.known())})")
         if len(self.directed_pairs()) != len(set(self.directed_pairs())):
             raise _PathError("host_pairs", "the same origin -> receiving pair appears twice "
                              "(both_directions already adds the reverse)")
