@@ -60,3 +60,6 @@ slurm-down: ## stop the local Slurm
 
 clean: ## remove the demo's results (keeps .venv and built hosts)
 	rm -rf runs/
+
+report: $(STAMP) ## write SWEEP's report (tables, figures, paired statistics) to <sweep>/report/; merges first if needed
+	$(RUN) report $(SWEEP)

@@ -1,0 +1,270 @@
+"""Tests for pipeline.report on synthetic sweeps: plan.parquet + results.parquet built directly (no training).
+
+The synthetic sweep mirrors the columns of a real one (see pipeline.plan.Run.row and
+pipeline.runner.execute); its accuracies carry a known effect: ported = scratch + EFFECT
+at zero-shot, shrinking with the budget, sampled halfway between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import report
+
+EFFECT = 0.08
+
+
+def _rid(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b", "a")), datasets=("rt",),
+               conditions=("ported", "scratch", "sampled"), regimes=(0, 50), seeds=(0, 1, 2),
+               drop=lambda row: False, write_results=True, noise=0.01) -> dict:
+    """Write plan.parquet, sweep.json and results.parquet (rows for which ``drop(row)`` is false)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    plan, results = [], []
+    stage1 = {}
+    for t in techniques:
+        for o, r in pairs:
+            for ds in datasets:
+                for s in seeds:
+                    if (t, o, ds, s) not in stage1:
+                        rid = _rid(1, t, o, ds, s)
+                        stage1[(t, o, ds, s)] = rid
+                        plan.append({"run_id": rid, "stage": 1, "technique": t, "origin_host": o,
+                                     "receiving_host": None, "host_pair": o, "dataset": ds, "seed": s,
+                                     "condition": None, "regime": None, "needs": None, "origin_run": None,
+                                     "config_json": json.dumps({"stage": 1, "technique": t})})
+                    s1 = stage1[(t, o, ds, s)]
+                    for c in conditions:
+                        for g in regimes:
+                            plan.append({"run_id": _rid(2, t, o, r, ds, s, c, g), "stage": 2, "technique": t,
+                                         "origin_host": o, "receiving_host": r, "host_pair": f"{o}->{r}",
+                                         "dataset": ds, "seed": s, "condition": c, "regime": float(g),
+                                         "needs": s1 if c != "scratch" else None, "origin_run": s1,
+                                         "config_json": json.dumps({"stage": 2, "condition": c})})
+    for p in plan:
+        base = 0.6 + 0.02 * p["seed"] + rng.normal(0, noise)
+        if p["stage"] == 1:
+            acc = 0.85 + rng.normal(0, noise)
+            extra = {"module_sha256": f"sha-{p['run_id']}", "port_exact": None}
+        else:
+            shrink = 1.0 / (1 + p["regime"] / 50)
+            acc = base + 0.2 * (p["regime"] > 0) + {"ported": EFFECT, "sampled": EFFECT / 2, "scratch": 0}[
+                p["condition"]] * shrink
+            extra = {"port_exact": True if p["condition"] != "scratch" else None,
+                     "origin_module_sha256": f"sha-{p['needs']}" if p["needs"] else None,
+                     "sample_mean_err": 0.01 if p["condition"] == "sampled" else None,
+                     "sample_std_err": 0.02 if p["condition"] == "sampled" else None}
+        if not drop(p):
+            results.append({**p, "accuracy": float(acc), "macro_f1": float(acc) - 0.05, "eval_loss": 0.5, **extra,
+                            "v_torch": "2.13.0", "python": "3.11.7", "git_commit": "abc123", "hostname": "node1",
+                            "device": "NVIDIA H100", "finished_at": f"2026-01-01T00:{len(results) % 60:02d}:00+0000"})
+    pd.DataFrame(plan).to_parquet(root / "plan.parquet")
+    (root / "sweep.json").write_text(json.dumps({"name": "synthetic", "spec_hash": "feedbeef0123",
+                                                 "code_version": "abc123", "created": "2026-01-01T00:00:00+0000"}))
+    if write_results and results:
+        pd.DataFrame(results).to_parquet(root / "results.parquet")
+    return {"plan": plan, "results": results}
+
+
+@pytest.fixture(autouse=True)
+def _low_dpi(monkeypatch):
+    monkeypatch.setattr(report, "DPI", 30)  # same drawing code, a fraction of the rasterising time
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    make_sweep(root)
+    return root
+
+
+def test_cell_table_counts_runs_and_marks_missing(tmp_path):
+    root = tmp_path / "s"
+    gone = lambda p: (p["stage"] == 2 and p["technique"] == "lora" and p["condition"] == "ported"  # noqa: E731
+                      and p["regime"] == 0 and p["host_pair"] == "a->b" and p["seed"] == 1)
+    none = lambda p: (p["stage"] == 2 and p["technique"] == "prefix" and p["condition"] == "sampled"  # noqa: E731
+                      and p["regime"] == 50 and p["host_pair"] == "b->a")
+    info = make_sweep(root, drop=lambda p: gone(p) or none(p))
+    d = report.load(root)
+    cells = report.cell_table(d.stage(2), ["host_pair", "dataset", "technique", "condition", "regime"])
+    assert len(cells) == 2 * 2 * 3 * 2  # every planned cell is there, finished or not
+    assert (cells["planned"] == 3).all()
+    c = cells.set_index(["host_pair", "technique", "condition", "regime"])
+    one = c.loc[("a->b", "lora", "ported", 0)]
+    assert (one["done"], one["missing"], one["accuracy_n"]) == (2, 1, 2)
+    missing_id = next(p["run_id"] for p in info["plan"] if gone(p))
+    assert one["missing_run_ids"] == missing_id and missing_id not in one["run_ids"]
+    assert len(one["run_ids"].split(";")) == 2
+    empty = c.loc[("b->a", "prefix", "sampled", 50)]
+    assert (empty["done"], empty["missing"]) == (0, 3) and np.isnan(empty["accuracy_mean"])
+    full = c.loc[("a->b", "prefix", "scratch", 0)]
+    assert full["done"] == 3 and full["missing"] == 0 and full["missing_run_ids"] == ""
+    # the cell's mean is the mean of exactly its runs
+    res = pd.DataFrame(info["results"]).set_index("run_id")
+    assert full["accuracy_mean"] == pytest.approx(res.loc[full["run_ids"].split(";"), "accuracy"].mean())
+    # formatting marks missing runs
+    header, rows = report.pivot_stage2(cells, "accuracy", "a->b", "rt")
+    lora = next(r for r in rows if r[0] == "lora")
+    assert lora[header.index("zero-shot: ported")].endswith("(2/3)†")
+    assert lora[header.index("zero-shot: scratch")].endswith("(3)")
+    header, rows = report.pivot_stage2(cells, "accuracy", "b->a", "rt")
+    assert next(r for r in rows if r[0] == "prefix")[header.index("50 steps: sampled")] == "— (0/3)†"
+
+
+def test_fmt_cell():
+    assert report.fmt_cell(0.8123, 0.8, 0.8246, 3, 3) == "0.812 ± 0.012 (3)"
+    assert report.fmt_cell(0.8, float("nan"), float("nan"), 1, 3) == "0.800 (1/3)†"
+    assert report.fmt_cell(float("nan"), float("nan"), float("nan"), 0, 2) == "— (0/2)†"
+
+
+def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
+    out = tmp_path / "rep"
+    r = report.build(sweep, out, n_boot=300)
+    names = {f.name for f in r.figures}
+    assert names == {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
+                     "heatmap_ported_minus_sampled.png"}
+    for f in r.figures:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 2_000
+    assert {p.name for p in r.tables} == {"stage2_cells.csv", "stage1_cells.csv", "stats_pooled.csv",
+                                          "stats_by_direction.csv", "pairs.csv", "missing_runs.csv"}
+    for p in r.tables:
+        pd.read_csv(p)  # readable CSV
+    page = r.html.read_text()
+    assert page.count("src='data:image/png;base64,") == len(r.figures)
+    assert not re.search(r"src='(?!data:)", page)  # no external image references
+    md = r.markdown.read_text()
+    for f in r.figures:
+        assert f"figures/{f.name}" in md
+    for section in ("## Summary", "## Paired comparisons", "## Provenance", "## Sanity checks",
+                    "## Origin-host results (stage 1)", "## Receiving-host accuracy (stage 2)"):
+        assert section in md
+    assert "feedbeef0123" in md and "All 84 planned runs have results" in md
+    assert "**OK** — `port_exact` true in 24 of 24 ported runs" in md
+    assert "48 match, 0 differ" in md
+    assert "NVIDIA H100" in md and "2026-01-01T00:00:00+0000" in md
+
+
+def test_stats_and_summary_find_the_known_effect(tmp_path):
+    root = tmp_path / "s"
+    make_sweep(root, seeds=tuple(range(8)), regimes=(0,), noise=0.0)
+    r = report.build(root, tmp_path / "rep", n_boot=300, figures=False)
+    pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
+    ps = pooled[pooled["b"] == "scratch"]
+    np.testing.assert_allclose(ps["mean_diff"], EFFECT, atol=1e-9)
+    assert (ps["n"] == 16).all() and (ps["p_holm"] < 0.05).all()
+    np.testing.assert_allclose(pooled.loc[pooled["b"] == "sampled", "mean_diff"], EFFECT / 2, atol=1e-9)
+    md = r.markdown.read_text()
+    assert "higher mean accuracy than scratch ones in 2 of 2" in md
+    assert "significant at α = 0.05" in md and "None of these" not in md
+
+
+def test_summary_says_when_nothing_can_be_significant(tmp_path):
+    root = tmp_path / "s"
+    make_sweep(root, seeds=(0, 1), pairs=(("a", "b"),))
+    md = report.build(root, tmp_path / "rep", n_boot=200, figures=False).markdown.read_text()
+    assert "None of these" in md and "more seeds are needed" in md
+
+
+def test_partial_sweep_reports_whats_missing(tmp_path):
+    root = tmp_path / "s"
+    # stage 1 of technique prefix never ran, so its ported/sampled runs are missing too; one run failed
+    info = make_sweep(root, drop=lambda p: p["technique"] == "prefix" and (p["stage"] == 1 or p["needs"]))
+    failed = next(p["run_id"] for p in info["plan"] if p["technique"] == "prefix" and p["stage"] == 1)
+    (root / "errors").mkdir()
+    (root / "errors" / f"{failed}.txt").write_text("RuntimeError: boom\n")
+    r = report.build(root, tmp_path / "rep", n_boot=200)
+    md = r.markdown.read_text()
+    n_missing = sum(1 for p in info["plan"] if p["technique"] == "prefix" and (p["stage"] == 1 or p["needs"]))
+    assert f"Partial sweep: {n_missing} of 84 planned runs have no result" in md
+    assert "(0/3)†" in md and "| stage 1 | 12 | 6 | 5 | 1 |" in md
+    miss = pd.read_csv(r.out / "tables" / "missing_runs.csv")
+    assert len(miss) == n_missing and (miss["state"] == "failed").sum() == 1
+    assert r.done == 84 - n_missing and r.planned == 84
+    pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
+    assert set(pooled["technique"]) == {"lora"}  # prefix has no pairs yet: not made up
+
+
+def test_report_without_any_results(tmp_path):
+    root = tmp_path / "s"
+    make_sweep(root, write_results=False)
+    r = report.build(root, tmp_path / "rep", n_boot=100)
+    md = r.markdown.read_text()
+    assert r.figures == [] and "0 of 72 planned receiving-host runs" in md
+    assert "No paired comparison can be made yet" in md and "— (0/3)†" in md
+
+
+def test_report_with_only_stage1_results(tmp_path):
+    root = tmp_path / "s"
+    info = make_sweep(root, drop=lambda p: p["stage"] == 2)
+    stage1 = pd.DataFrame(info["results"]).drop(columns=["condition", "regime", "needs", "origin_run",
+                                                         "receiving_host", "origin_module_sha256",
+                                                         "sample_mean_err", "sample_std_err"], errors="ignore")
+    stage1.to_parquet(root / "results.parquet")  # as merge writes it when only stage-1 shards exist
+    md = report.build(root, tmp_path / "rep", n_boot=100).markdown.read_text()
+    assert "| lora | a | rt | 0.8" in md and "no ported or sampled runs have finished yet" in md
+
+
+def test_orphan_results_are_counted_not_used(sweep, tmp_path):
+    res = pd.read_parquet(sweep / "results.parquet")
+    extra = res.iloc[[0]].assign(run_id="notinplan00", accuracy=0.0)
+    pd.concat([res, extra]).to_parquet(sweep / "results.parquet")
+    md = report.build(sweep, tmp_path / "rep", n_boot=100, figures=False).markdown.read_text()
+    assert "1 result rows belong to runs that are not in the current plan" in md
+
+
+def test_trace_query_returns_the_cells_runs(tmp_path):
+    root = tmp_path / "s"
+    info = make_sweep(root, drop=lambda p: p["stage"] == 2 and p["seed"] == 2)
+    cells = report.cell_table(report.load(root).stage(2), ["host_pair", "dataset", "technique", "condition",
+                                                          "regime"])
+    cell = cells.iloc[0]
+    rows = duckdb.sql(report.trace_sql(root, cell)).fetchall()  # run_id, seed, accuracy, macro_f1, ...
+    assert [r[1] for r in rows] == [0, 1, 2] and len(rows) == cell["planned"]
+    assert {r[0] for r in rows if r[2] is not None} == set(cell["run_ids"].split(";"))
+    assert [r[0] for r in rows if r[2] is None] == [cell["missing_run_ids"]]  # seed 2: planned, no result
+    acc = {r["run_id"]: r["accuracy"] for r in info["results"]}
+    assert all(r[2] == pytest.approx(acc[r[0]]) for r in rows if r[2] is not None)
+    assert report.TRACE_SQL.split("FROM")[0] in report.__doc__  # the docstring shows the same query
+
+
+def test_merges_first_when_results_are_stale(tmp_path):
+    from pipeline import shards
+
+    root = tmp_path / "s"
+    info = make_sweep(root, write_results=False, techniques=("lora",), pairs=(("a", "b"),), seeds=(0, 1))
+    for row in info["results"]:
+        shards.write(root / "shards" / f"{row['run_id']}.parquet", row)
+    assert report.needs_merge(root)
+    r = report.build(root, tmp_path / "rep", n_boot=100, figures=False)
+    assert r.merged and (root / "results.parquet").exists() and not report.needs_merge(root)
+    assert r.done == len(info["results"])
+    assert not report.build(root, tmp_path / "rep", n_boot=100, figures=False).merged
+    next((root / "shards").iterdir()).unlink()  # a shard removed since the merge
+    assert report.needs_merge(root)
+    r = report.build(root, tmp_path / "rep", n_boot=100, figures=False)
+    assert r.merged and r.done == len(info["results"]) - 1
+
+
+def test_cli_report(tmp_path, capsys):
+    from pipeline.cli import main
+
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep, techniques=("lora",), pairs=(("a", "b"),), regimes=(0, 10))
+    assert main(["report", str(sweep), "--out", str(tmp_path / "rep"), "--bootstrap", "100"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "report.html").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
