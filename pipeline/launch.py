@@ -51,7 +51,9 @@ def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None)
             console.print(f"stage {stage}: all {total} runs already done")
             continue
         packs = split(todo, 1 if debug else workers)
-        threads = max(1, (os.cpu_count() or 1) // len(packs))
+        # threads follow --workers, not the pack count, so a rerun of a few runs uses the same
+        # float reduction order as the first pass and reproduces its numbers bit for bit
+        threads = max(1, (os.cpu_count() or 1) // (1 if debug else workers))
         if debug:
             ex = submitit.DebugExecutor(folder=folder)
         else:
