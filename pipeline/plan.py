@@ -17,6 +17,7 @@ from typing import Any
 from .spec import Spec
 
 ID_LEN = 12
+EVAL_FIELDS = ("max_length", "eval_batch_size", "precision")  # what a zero-shot run uses of further_training
 
 
 def run_id(key: dict[str, Any]) -> str:
@@ -93,7 +94,7 @@ def build(spec: Spec) -> Plan:
                             key = {"stage": 2, "origin": s1.run_id, "host": recv.model, "task": recv.task,
                                    "technique": technique, "params": params, "dataset": dsd, "seed": seed,
                                    "condition": condition, "regime": regime,
-                                   "training": ft if regime else None,
+                                   "training": ft if regime else {k: ft[k] for k in EVAL_FIELDS},
                                    "port_head": spec.port_head if condition != "scratch" else None}
                             labels = {"origin_host": origin_name, "receiving_host": recv_name,
                                       "host_pair": pair, "dataset": ds.name}

@@ -50,6 +50,9 @@ def test_ids_stable_under_key_order_and_sensitive_to_results_fields():
     zs = lambda p: {r.run_id for r in p.stage2 if r.key["regime"] == 0}  # noqa: E731
     tr = lambda p: {r.run_id for r in p.stage2 if r.key["regime"] > 0}  # noqa: E731
     assert zs(ft) == zs(a) and not tr(ft) & tr(a)
+    # ... but what evaluation uses (max_length) changes zero-shot runs too
+    ml = P.build(make(further_training={"max_length": 128}))
+    assert not zs(ml) & zs(a)
 
 
 def test_plan_rows_flatten_config():

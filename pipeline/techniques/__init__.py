@@ -26,4 +26,4 @@ def known() -> list[str]:
 
 
 # Importing the modules registers them (order = display order).
-from . import lora, prefix, prompt, ia3, adapter, compacter  # noqa: E402,F401
+from . import lora, prefix, prompt, ia3, adapter, compacter  # noqa: E402,F401,I001  (order = display order)

@@ -25,9 +25,9 @@ def wrap(model: nn.Module, config: Any) -> nn.Module:
 def host_config(model: nn.Module) -> dict[str, int]:
     """Layer count, heads and width of the host, as peft's prompt-learning configs want them."""
     c = model.config
-    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "num_layers")
-    heads = getattr(c, "num_attention_heads", None) or getattr(c, "num_heads")
-    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model")
+    layers = getattr(c, "num_hidden_layers", None) or c.num_layers
+    heads = getattr(c, "num_attention_heads", None) or c.num_heads
+    hidden = getattr(c, "hidden_size", None) or c.d_model
     return {"num_layers": layers, "num_attention_heads": heads, "token_dim": hidden}
 
 

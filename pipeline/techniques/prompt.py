@@ -1,14 +1,23 @@
-"""Prompt tuning (Lester et al. 2021) through peft."""
+"""Prompt tuning (Lester et al. 2021) through peft.
+
+On encoder-decoder hosts peft defaults to ``num_transformer_submodules=2`` and
+allocates 2 x ``num_virtual_tokens`` prompt rows, but prompt tuning only ever
+prepends the first ``num_virtual_tokens`` to the encoder input: the other half
+gets no gradient and would pollute the module (its size and the statistics the
+``sampled`` condition draws from).  One submodule allocates exactly the rows
+that are used; the computation is the same.
+"""
 
 from . import register
 from ._peft import host_config, task_type, wrap
-from .base import Technique
+from .base import CLASSIFICATION, Technique
 
 
 def attach(model, task, params):
     import peft
 
-    cfg = peft.PromptTuningConfig(task_type=task_type(task), **host_config(model), **params)
+    extra = {} if task == CLASSIFICATION else {"num_transformer_submodules": 1}
+    cfg = peft.PromptTuningConfig(task_type=task_type(task), **host_config(model), **{**extra, **params})
     return wrap(model, cfg)
 
 
