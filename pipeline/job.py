@@ -11,6 +11,7 @@ step, saves a checkpoint, and submitit requeues the task, which resumes there.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from pathlib import Path
@@ -70,11 +71,17 @@ class RunPack(submitit.helpers.Checkpointable):
         hosts = runner.HostCache(Path(sweep.spec.models_dir))
         pre = _Preemption()
         pre.install()
-        done, skipped, failed = [], [], []
+        done, skipped, failed, busy = [], [], [], []
         for rid in self.run_ids:
             if is_complete(sweep, rows[rid]):
                 skipped.append(rid)
                 continue
+            claim = _claim(sweep, rid)
+            if claim is None:  # another live process is running it right now
+                busy.append(rid)
+                continue
+            if sweep.ckpt(rid).exists():  # requeued after a timeout/preemption: training picks it up
+                print(f"{rid}: resuming from checkpoint {sweep.ckpt(rid)}", flush=True)
             try:
                 pre.in_loop = True
                 runner.execute(rows[rid], sweep, hosts, stop_requested=pre.requested)
@@ -87,12 +94,34 @@ class RunPack(submitit.helpers.Checkpointable):
                 failed.append(rid)
             finally:
                 pre.in_loop = False
+                claim.close()  # releases the lock
             if pre.requested():
                 pre.fire()
         if failed:
             first = sweep.error(failed[0]).read_text().splitlines()[0]
             raise PackFailed(f"{len(failed)} of {len(self.run_ids)} runs failed (first: {failed[0]}: {first})")
-        return {"done": done, "skipped": skipped, "pid": os.getpid()}
+        return {"done": done, "skipped": skipped, "busy": busy, "pid": os.getpid()}
+
+
+def _claim(sweep: Sweep, run_id: str):
+    """An exclusive lock on the run, held while it executes; None if a live process holds it.
+
+    The kernel drops the lock when its holder dies (even by kill -9), so a crashed run is
+    never stuck, and two packs that both get a run (a double submission, a local run beside
+    a Slurm task) never execute it at the same time.
+    """
+    path = sweep.root / "locks" / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    if is_complete(sweep, sweep.plan_rows[run_id]):  # finished by the holder we just waited out
+        f.close()
+        return None
+    return f
 
 
 def is_complete(sweep: Sweep, row: dict) -> bool:

@@ -66,7 +66,10 @@ def test_kill_9_loses_nothing_and_doubles_nothing(tiny_spec, write_spec, when):
     out = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = pq.read_table(sweep.results).to_pylist()
-    assert sorted(r["run_id"] for r in rows) == sorted(ids)  # exactly one row per run id
+    got = [r["run_id"] for r in rows]
+    assert len(got) == len(set(got)), "a run id appears twice"
+    assert set(got) == ids, (f"missing {ids - set(got)}, unexpected {set(got) - ids}, "
+                             f"quarantined {list((sweep.root / 'quarantine').glob('*'))}\n{out.stdout[-3000:]}")
 
 
 def test_stage2_with_corrupt_module_fails_clearly_then_recovers(tiny_spec, write_spec):
@@ -116,3 +119,27 @@ def test_full_disk_gives_one_line_and_touches_nothing(tiny_spec, write_spec, tmp
         assert all(p.name.startswith(".") is False for p in leftovers) and not any(".tmp" in p.name for p in leftovers)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_two_packs_with_the_same_runs_never_run_one_twice(tiny_spec, write_spec, tmp_path):
+    """A double submission (or a local run beside a Slurm task): each run executes exactly once."""
+    import json
+
+    path = write_spec(small(tiny_spec, techniques=["lora", "ia3", "prompt"]))
+    spec = S.load(path)
+    sweep = Sweep(Path(spec.output_dir))
+    plan = P.build(spec)
+    sweep.write(spec, plan)
+    ids = [r.run_id for r in plan.stage1]
+    code = ("import json, sys; from pipeline.job import RunPack; "
+            f"print('RESULT', json.dumps(RunPack({str(sweep.root)!r}, {ids!r}, 1)()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0
+        results.append(json.loads(out.split("RESULT", 1)[1]))
+    done = [rid for r in results for rid in r["done"]]
+    assert sorted(done) == sorted(ids), results  # every run once, none twice
+    assert all(shards.is_done(sweep.root, rid) for rid in ids)
