@@ -28,8 +28,9 @@ setup: $(STAMP) ## create .venv with the pinned stack (reused when up to date)
 hosts: $(STAMP) ## build the embedded second host (MiniLM further pretrained on tweets) into models/
 	$(RUN) hosts
 
-demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine and print the summary
+demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the summary, write the report
 	$(RUN) run sweeps/demo.yaml --workers $(WORKERS)
+	$(RUN) report sweeps/demo.yaml
 
 dry-run: $(STAMP) ## show the plan of SPEC (runs per stage, sample runs, layout) without running anything
 	$(RUN) plan $(SPEC)
@@ -63,3 +64,12 @@ clean: ## remove the demo's results (keeps .venv and built hosts)
 
 report: $(STAMP) ## write SWEEP's report (tables, figures, paired statistics) to <sweep>/report/; merges first if needed
 	$(RUN) report $(SWEEP)
+
+sweep: $(STAMP) ## submit SPEC to Slurm as job arrays (stage 2 waits for stage 1) and return once queued
+	$(RUN) sweep $(SPEC)
+
+status: $(STAMP) ## SWEEP's runs by stage x state (done/pending/running/failed/...), failed runs' errors
+	$(RUN) status $(SWEEP)
+
+resume: $(STAMP) ## resubmit exactly SWEEP's failed and missing runs to Slurm (nothing if none)
+	$(RUN) resume $(SWEEP)
