@@ -68,3 +68,22 @@ def test_merge_one_row_per_run_and_quarantine(tmp_path):
     assert not (d / "torn.parquet").exists()
     # merging again is stable
     assert merge.merge(tmp_path, warn=lambda m: None).rows == 6
+
+
+def test_concurrent_merges_never_tear_results(tmp_path):
+    """Merges running at once (two users, a cron and a report) leave a whole results.parquet."""
+    import multiprocessing as mp
+
+    d = tmp_path / "shards"
+    for i in range(200):
+        shards.write(d / f"r{i:03d}.parquet", row(f"r{i:03d}", accuracy=i / 200))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=merge.merge, args=(tmp_path,), kwargs={"warn": print}) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    t = pq.read_table(tmp_path / "results.parquet")
+    assert t.num_rows == 200 and len(set(t.column("run_id").to_pylist())) == 200
+    assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
