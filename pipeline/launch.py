@@ -70,8 +70,13 @@ def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None)
                       transient=False) as bar:
             task = bar.add_task("runs", total=len(todo))
             todo_set = set(todo)
+            t0, last = time.time(), (-1, 0.0)
             while not all(j.done() for j in jobs):
-                bar.update(task, completed=len(todo_set & sweep.done_ids()))
+                n = len(todo_set & sweep.done_ids())
+                bar.update(task, completed=n)
+                if not console.is_terminal and n != last[0] and time.time() - last[1] > 30:
+                    console.print(f"stage {stage}: {n}/{len(todo)} runs done ({time.time() - t0:.0f} s)")
+                    last = (n, time.time())
                 time.sleep(1.0)
             bar.update(task, completed=len(todo_set & sweep.done_ids()))
         for j in jobs:
