@@ -181,34 +181,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors that mean "bad input", by module; looked up lazily so that a light command (status)
+# never imports torch just to be able to catch an error it cannot raise.
+USER_ERROR_TYPES = (("pipeline.spec", "SpecError"), ("pipeline.data", "DataError"),
+                    ("pipeline.port", "ModuleError"), ("pipeline.hosts", "HostError"))
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if isinstance(e, (UsageError, FileNotFoundError, PermissionError)):
+        return True
+    for mod, name in USER_ERROR_TYPES:
+        m = sys.modules.get(mod)
+        if m is not None and isinstance(e, getattr(m, name)):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     calm_threads()
-    from .data import DataError
-    from .port import ModuleError
-    from .spec import SpecError
-
-    errors: tuple = (UsageError, SpecError, DataError, ModuleError, FileNotFoundError, PermissionError)
-    try:
-        from .hosts import HostError
-
-        errors += (HostError,)
-    except ImportError:  # pragma: no cover
-        pass
     try:
         args = build_parser().parse_args(argv)
         if args.cmd in ("run",) and getattr(args, "workers", 1) < 1:
             raise UsageError("pipeline run: --workers must be at least 1")
         return args.fn(args)
-    except errors as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, read-only folder, ...
-        print(f"error: {e.filename or ''}: {e.strerror}".replace(": :", ":"), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
         return 130
+    except Exception as e:
+        if _is_user_error(e):
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # disk full, read-only folder, ...
+            print(f"error: {e.filename or ''}: {e.strerror}".replace(": :", ":"), file=sys.stderr)
+            return 2
+        raise
 
 
 def main_exit() -> None:
