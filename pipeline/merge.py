@@ -91,12 +91,13 @@ def merge(sweep_root: Path, out: Path | None = None, warn=print) -> MergeResult:
         con.execute("SET enable_progress_bar=false")
         if good:
             con.execute("CREATE TABLE r AS SELECT * FROM read_parquet(?, union_by_name=true, filename=true)", [good])
-            wrong = con.execute("SELECT filename, run_id FROM r WHERE run_id <> regexp_extract(filename, '([^/]+)\\.parquet$', 1)").fetchall()
+            misnamed = "run_id <> regexp_extract(filename, '([^/]+)\\.parquet$', 1)"
+            wrong = con.execute(f"SELECT filename, run_id FROM r WHERE {misnamed}").fetchall()
             for fname, rid in wrong:
                 reason = f"names run {rid!r}, not its file name"
                 quarantine(sweep_root, Path(fname), reason)
                 res.quarantined.append((fname, reason))
-            con.execute("DELETE FROM r WHERE run_id <> regexp_extract(filename, '([^/]+)\\.parquet$', 1)")
+            con.execute(f"DELETE FROM r WHERE {misnamed}")
             con.execute("ALTER TABLE r DROP COLUMN filename")
             res.rows = con.execute("SELECT count(*) FROM r").fetchone()[0]
             res.shards = len(good) - len(wrong)
