@@ -88,7 +88,7 @@ def code_version() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline"], cwd=here, capture_output=True,
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "pipeline"], cwd=here, capture_output=True,
                                text=True, timeout=5).stdout.strip()
         return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
     except (OSError, subprocess.SubprocessError):

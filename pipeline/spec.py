@@ -225,7 +225,12 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
 def _format_loc(loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).isidentifier():  # odd keys (spaces, control characters) shown quoted
+            out += f"[{str(part)!r}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
@@ -242,7 +247,7 @@ def _first_error(e: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         allowed = _fields_of(Spec, loc)
         key = loc[-1]
-        return f"{_format_loc(loc)}: unknown key{_did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})"
+        return f"{_format_loc(loc)}: unknown key{_did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})"
     if err["type"] == "too_short" and err.get("input") in ([], {}, ()):
         return f"{_format_loc(loc)}: must not be empty"
     if err["type"] == "missing":
