@@ -49,9 +49,10 @@ class Checkpoint:
 
     path: Path
 
-    def save(self, model, opt, sched, step: int) -> None:
+    def save(self, model, opt, sched, step: int, losses=()) -> None:
         state = {
             "step": step,
+            "losses": list(losses)[-10:],  # train_loss averages the last 10 steps, across a resume too
             "params": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "opt": opt.state_dict(),
             "sched": sched.state_dict(),
@@ -62,9 +63,9 @@ class Checkpoint:
         torch.save(state, tmp)
         os.replace(tmp, self.path)
 
-    def load(self, model, opt, sched) -> int:
+    def load(self, model, opt, sched) -> tuple[int, list[float]]:
         if not self.path.exists():
-            return 0
+            return 0, []
         state = torch.load(self.path, weights_only=False)
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -73,7 +74,7 @@ class Checkpoint:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         torch.set_rng_state(state["rng"])
-        return int(state["step"])
+        return int(state["step"]), list(state.get("losses", []))
 
 
 class Stop(Exception):
@@ -91,9 +92,9 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * steps), steps)
     model, opt = acc.prepare(model, opt)
-    step = ckpt.load(acc.unwrap_model(model), opt, sched) if ckpt else 0
+    step, losses = ckpt.load(acc.unwrap_model(model), opt, sched) if ckpt else (0, [])
     model.train()
-    t0, seen, losses, epoch = time.perf_counter(), 0, [], 0
+    t0, seen, epoch = time.perf_counter(), 0, 0
     lengths = [len(x) for x in ids]
     while step < steps:
         mine = batches(lengths, cfg.batch_size, seed, epoch)[acc.process_index::acc.num_processes]
@@ -113,7 +114,7 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
             if on_step:
                 on_step(step)
             if ckpt and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_requested()):
-                ckpt.save(acc.unwrap_model(model), opt, sched, step)
+                ckpt.save(acc.unwrap_model(model), opt, sched, step, losses)
                 if stop_requested():
                     raise Stop(step)
         epoch += 1
