@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import plan as P
 from pipeline import spec as S
@@ -57,11 +58,12 @@ def test_tiny_sweep_end_to_end(tiny_spec, write_spec):
     assert {p.name: p.stat().st_mtime_ns for p in sweep.shards.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_same_run_twice_gives_identical_metrics(tiny_spec, write_spec):
     """Reproducibility: a run's metrics do not depend on its process, pack or executor."""
     tiny_spec.update(techniques=["lora", "prefix"], conditions=["sampled"], regimes=[3])
     path = write_spec(tiny_spec)
-    cli("run", str(path), "--workers", "2")
+    cli("run", str(path), "--workers", "1")  # a worker process with as many threads as --debug uses
     sweep = Sweep(Path(tiny_spec["output_dir"]))
     first = {r["run_id"]: r for r in pq.read_table(sweep.results).to_pylist()}
     for f in sweep.shards.iterdir():

@@ -72,6 +72,7 @@ def test_kill_9_loses_nothing_and_doubles_nothing(tiny_spec, write_spec, when):
                              f"quarantined {list((sweep.root / 'quarantine').glob('*'))}\n{out.stdout[-3000:]}")
 
 
+@pytest.mark.slow
 def test_stage2_with_corrupt_module_fails_clearly_then_recovers(tiny_spec, write_spec):
     path = write_spec(small(tiny_spec, techniques=["lora"], conditions=["ported"], regimes=[0]))
     spec = S.load(path)
@@ -101,6 +102,7 @@ def test_stage2_with_corrupt_module_fails_clearly_then_recovers(tiny_spec, write
     assert not sweep.error(s2.run_id).exists()
 
 
+@pytest.mark.slow
 def test_full_disk_gives_one_line_and_touches_nothing(tiny_spec, write_spec, tmp_path):
     mnt = tmp_path / "tiny-disk"
     mnt.mkdir()
@@ -121,6 +123,7 @@ def test_full_disk_gives_one_line_and_touches_nothing(tiny_spec, write_spec, tmp
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_two_packs_with_the_same_runs_never_run_one_twice(tiny_spec, write_spec, tmp_path):
     """A double submission (or a local run beside a Slurm task): each run executes exactly once."""
     import json
