@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import time
 from pathlib import Path
 
 import submitit
@@ -52,10 +53,14 @@ class _Preemption:
 
 
 class RunPack(submitit.helpers.Checkpointable):
-    def __init__(self, sweep_dir: str, run_ids: list[str], threads: int | None = None):
+    def __init__(self, sweep_dir: str, run_ids: list[str], threads: int | None = None, shared: bool = False):
         self.sweep_dir = str(sweep_dir)
         self.run_ids = list(run_ids)
         self.threads = threads
+        # shared: several packs walk the same runs (from different starting points) and take
+        # whatever is neither done nor claimed -- work stealing through the per-run lock; a run
+        # another pack already failed during this pass is left for the next pass
+        self.shared = shared
 
     def __call__(self) -> dict:
         from . import runner
@@ -71,10 +76,13 @@ class RunPack(submitit.helpers.Checkpointable):
         hosts = runner.HostCache(Path(sweep.spec.models_dir))
         pre = _Preemption()
         pre.install()
+        started = time.time()
         done, skipped, failed, busy = [], [], [], []
         for rid in self.run_ids:
             if is_complete(sweep, rows[rid]):
                 skipped.append(rid)
+                continue
+            if self.shared and _failed_since(sweep, rid, started):
                 continue
             claim = _claim(sweep, rid)
             if claim is None:  # another live process is running it right now
@@ -101,6 +109,13 @@ class RunPack(submitit.helpers.Checkpointable):
             first = sweep.error(failed[0]).read_text().splitlines()[0]
             raise PackFailed(f"{len(failed)} of {len(self.run_ids)} runs failed (first: {failed[0]}: {first})")
         return {"done": done, "skipped": skipped, "busy": busy, "pid": os.getpid()}
+
+
+def _failed_since(sweep: Sweep, run_id: str, t: float) -> bool:
+    try:
+        return sweep.error(run_id).stat().st_mtime >= t
+    except FileNotFoundError:
+        return False
 
 
 def _claim(sweep: Sweep, run_id: str):

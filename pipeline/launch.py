@@ -1,7 +1,7 @@
 """Launch planned runs through submitit: local processes, in-process debug, or Slurm.
 
-Locally, each stage is split into ``workers`` packs (one process each, torch
-threads shared out between them), stage 2 starts when stage 1 is finished,
+Locally, each stage runs in ``workers`` processes (torch threads shared out between
+them) that take runs from one shared list, stage 2 starts when stage 1 is finished,
 and a progress bar follows the shards as they land.
 """
 
@@ -18,9 +18,10 @@ from .sweep import Sweep
 
 
 def split(run_ids: list[str], n: int) -> list[list[str]]:
-    """Deal runs round-robin into at most n packs (costs are similar within a stage)."""
+    """n views of all the runs, each starting at another point: the workers steal work from one
+    another (a run is claimed by a lock while it runs), so none idles while another has a queue."""
     n = max(1, min(n, len(run_ids)))
-    return [run_ids[i::n] for i in range(n)]
+    return [run_ids[i * len(run_ids) // n:] + run_ids[:i * len(run_ids) // n] for i in range(n)]
 
 
 def pending(sweep: Sweep, stage: int) -> list[str]:
@@ -60,7 +61,7 @@ def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None)
             ex = submitit.LocalExecutor(folder=folder)
             ex.update_parameters(timeout_min=24 * 60)
         with ex.batch():
-            jobs = [ex.submit(RunPack(str(sweep.root), p, threads)) for p in packs]
+            jobs = [ex.submit(RunPack(str(sweep.root), p, threads, shared=True)) for p in packs]
         if debug:  # DebugExecutor runs the job when its result is asked for
             for j in jobs:
                 _result(j, counts, console)
