@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .shapes import check_pairs
+
 console = Console(width=None if sys.stdout.isatty() else 150)
 USER_ERRORS: tuple[type[BaseException], ...] = ()
 
@@ -53,6 +55,7 @@ def cmd_plan(a) -> int:
     from .sweep import Sweep
 
     spec = load(a.spec)
+    check_pairs(spec, a.spec)
     plan = planmod.build(spec)
     from .show import print_plan
 
@@ -89,6 +92,7 @@ def cmd_run(a) -> int:
 
     quiet()
     spec = load(a.spec)
+    check_pairs(spec, a.spec)
     plan = planmod.build(spec)
     sweep = Sweep.for_spec(spec)
     sweep.write(spec, plan)

@@ -374,6 +374,9 @@ def cmd_sweep(a) -> int:
     from .spec import load
 
     spec = load(a.spec)
+    from .shapes import check_pairs
+
+    check_pairs(spec, a.spec)  # before anything is submitted
     plan = planmod.build(spec)
     sweep = Sweep.for_spec(spec)
     if not st.have_slurm():

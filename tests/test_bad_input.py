@@ -86,3 +86,22 @@ def test_unreadable_spec_and_unwritable_output(tmp_path, capsys):
     code = main(["run", str(path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "sweep" in err, err
+
+
+def test_host_pair_of_different_shapes_is_refused_at_plan_time(tmp_path, capsys, models_dir):
+    """tiny BERT vs the real MiniLM: caught before anything runs or is submitted."""
+    spec = copy.deepcopy(BASE)
+    spec["hosts"] = [{"name": "tiny", "model": "embedded:tiny-bert-a"}, {"name": "minilm", "model": "embedded:all-minilm-l6-v2"}]
+    spec["host_pairs"] = [["tiny", "minilm"]]
+    spec["models_dir"] = str(models_dir)
+    spec["output_dir"] = str(tmp_path / "sweep")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    from pipeline.hosts import resolve_host
+
+    resolve_host("embedded:tiny-bert-a", models_dir)
+    for cmd in (["plan", str(path)], ["run", str(path)], ["sweep", str(path)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "host_pairs[0]: hosts 'tiny' and 'minilm' differ in shape" in err, err
+    assert not (tmp_path / "sweep").exists()

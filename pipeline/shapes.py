@@ -1,0 +1,66 @@
+"""Plan-time check that each host pair has one shape, before anything trains or is submitted.
+
+A module can only be ported between hosts of the same architecture and sizes.  The check
+reads each host's ``config.json`` without loading weights or building anything: local
+folders, embedded hosts already built (a derived embedded host not built yet has its base's
+shape), and hub names found in the local HF cache.  A host whose config cannot be read
+offline is not checked here; porting still verifies every tensor's shape at load time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .spec import SpecError
+
+SHAPE_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "num_layers", "num_decoder_layers",
+              "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size")
+
+
+def _config(model: str, models_dir: Path) -> dict | None:
+    from . import hosts
+
+    path: Path | None = None
+    if Path(model).is_dir():
+        path = Path(model)
+    elif model.startswith(hosts.PREFIX):
+        key = model[len(hosts.PREFIX):]
+        if key not in hosts.EMBEDDED:
+            return None  # resolve_host gives the clear error later
+        path = hosts.minilm_dir() if hosts.EMBEDDED[key].build is None else models_dir / key
+        if not (path / "config.json").exists() and key.endswith("-tweets"):
+            path = hosts.minilm_dir()  # built from the shipped model: the same shape
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+            path = Path(cached).parent if isinstance(cached, str) else None
+        except Exception:
+            path = None
+    if path is None or not (path / "config.json").exists():
+        return None
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def shape(cfg: dict) -> dict:
+    return {k: cfg[k] for k in SHAPE_KEYS if k in cfg}
+
+
+def check_pairs(spec, source: str = "<spec>") -> None:
+    """Raise SpecError naming the first host pair whose shapes differ."""
+    models_dir = Path(spec.models_dir)
+    cache: dict[str, dict | None] = {}
+    for i, (a, b) in enumerate(spec.host_pairs):
+        sa, sb = (cache.setdefault(h, _config(spec.host(h).model, models_dir)) for h in (a, b))
+        if sa is None or sb is None:
+            continue
+        diff = [f"{k} {shape(sa).get(k)} vs {shape(sb).get(k)}" for k in SHAPE_KEYS
+                if shape(sa).get(k) != shape(sb).get(k)]
+        if diff:
+            raise SpecError(f"{source}: host_pairs[{i}]: hosts {a!r} and {b!r} differ in shape "
+                            f"({', '.join(diff[:3])}); a module cannot be ported between them")
