@@ -76,3 +76,9 @@ status: $(STAMP) ## SWEEP's runs by stage x state (done/pending/running/failed/.
 
 resume: $(STAMP) ## resubmit exactly SWEEP's failed and missing runs to Slurm (nothing if none)
 	$(RUN) resume $(SWEEP)
+
+bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch per run (~10 min on 2 cores); writes BENCHMARKS.md
+	OMP_WAIT_POLICY=PASSIVE $(RUN) bench
+
+bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
+	OMP_WAIT_POLICY=PASSIVE $(RUN) bench --smoke

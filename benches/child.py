@@ -1,0 +1,81 @@
+"""Work that a benchmark measures in a fresh process (real start-up, its own peak memory).
+
+    python benches/child.py pack SWEEP_DIR RUN_ID[,RUN_ID...]   RunPack over the runs (one process)
+    python benches/child.py merge SWEEP_DIR                      pipeline.merge.merge
+    python benches/child.py pandas SWEEP_DIR OUT                 naive: pandas.read_parquet per shard + concat
+
+Prints one JSON line: seconds of the work itself, peak RSS before and after it.
+
+Peak RSS is VmHWM from /proc/self/status (this process's own address space).  ``ru_maxrss`` is not
+used: Linux carries the parent's high-water mark across fork/exec into the child's ru_maxrss, so a
+child started by a 500 MB benchmark process reports >= 500 MB whatever it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far, MB."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS) -- see the note above
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
+def main(argv: list[str]) -> None:
+    what, root = argv[0], Path(argv[1])
+    out: dict = {}
+    if what == "pack":
+        from pipeline.job import RunPack
+
+        before = rss_mb()
+        t0 = time.perf_counter()
+        res = RunPack(str(root), argv[2].split(","))()
+        out["done"] = len(res["done"])
+    elif what == "merge":
+        import duckdb
+
+        from pipeline.merge import merge
+
+        real_connect = duckdb.connect
+
+        def connect(*a, **k):  # merge() connects right after its footer checks: split the time there
+            out["footers_s"] = time.perf_counter() - t0
+            out["rss_after_footers_mb"] = rss_mb()
+            return real_connect(*a, **k)
+
+        duckdb.connect = connect
+        before = rss_mb()
+        t0 = time.perf_counter()
+        res = merge(root, warn=lambda m: None)
+        out["rows"] = res.rows
+    elif what == "pandas":
+        import pandas as pd
+
+        before = rss_mb()
+        t0 = time.perf_counter()
+        files = sorted((root / "shards").glob("*.parquet"))
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        df.to_parquet(argv[2])
+        out["rows"] = len(df)
+    else:
+        raise SystemExit(f"unknown child task {what!r}")
+    out.update(seconds=time.perf_counter() - t0, rss_before_mb=before, rss_peak_mb=rss_mb())
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
