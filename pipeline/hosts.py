@@ -31,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -235,7 +236,9 @@ def continue_mlm(
     sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule)
     bert.train()
     head.train()
-    bar = tqdm(range(steps), desc="masked-LM", disable=not progress, unit="step")
+    # a live bar on a terminal; in a log (CI, Slurm) an update every 30 s, not a carriage-return blob
+    bar = tqdm(range(steps), desc="masked-LM", disable=not progress, unit="step",
+               mininterval=0.1 if sys.stderr.isatty() else 30)
     batches = _batches(texts, batch_size, seed)
     for _ in bar:
         enc = tokenizer(next(batches), truncation=True, max_length=max_len, padding=True, return_tensors="pt",
