@@ -376,6 +376,11 @@ def explain(figs: list[Figure], pad: dict[str, float], sizes: Sizes) -> None:
                      if key == "1c" else "tokenisation inside the timed call, the loss, accuracy and macro-F1")
             f.note = (f"missed: {med(f.ratio):.1f} % vs {f.target}; per repeat {', '.join(f'{x:.1f}' for x in f.ratio)} %. "
                       f"Same batches, same model: what the pipeline does on top is {extra}.")
+        elif med(f.ratio) < 0:
+            f.note = (f"Below zero: the pipeline ran the same batches faster than the bare loop ({med(f.ratio):.1f} %, "
+                      f"repeats {min(f.ratio):.1f} to {max(f.ratio):.1f} %). It does strictly more work per step, so this "
+                      f"is the noise floor of this shared machine, not a gain: the overhead is below what this run can "
+                      f"resolve, i.e. within ±{max(abs(x) for x in f.ratio):.0f} %.")
     for key in ("1ea", "1eb"):
         f = by[key]
         if f.ok is False:

@@ -57,7 +57,8 @@ def markdown(figs: list[Figure], info: dict[str, str], *, errors: dict[str, str]
         "baseline in the same invocation, on this machine; contenders are interleaved and each figure is the "
         f"**median [min–max] over {repeats} repeat{'s' if repeats != 1 else ''}** unless a figure says otherwise "
         "(ratios are taken per repeat, then the median). Each figure's details say what its ratio divides and which "
-        "way is better.", "",
+        "way is better. `make bench-smoke` runs the same code at toy sizes (the test suite does too); its numbers mean "
+        "nothing.", "",
         "## Machine", "", "| | |", "|---|---|",
     ]
     out += [f"| {k} | {_md_cell(v)} |" for k, v in info.items()]
