@@ -49,17 +49,30 @@ def _sweep_of(target: str):
     return Sweep(Path(spec.output_dir))
 
 
-def cmd_plan(a) -> int:
+def prepare(spec_path: str, build_hosts: bool = True):
+    """What ``run``, ``sweep`` and ``plan`` open with: load and check the spec, make its hosts
+    available (``build_hosts``: build embedded ones now, so run ids carry their fingerprints),
+    and plan.  Returns (spec, plan, sweep)."""
     from . import plan as planmod
     from .spec import load
     from .sweep import Sweep
 
-    spec = load(a.spec)
-    check_pairs(spec, a.spec)
-    plan = planmod.build(spec)
+    spec = load(spec_path)
+    check_pairs(spec, spec_path)
+    if build_hosts:
+        _ensure_hosts(spec)
+    return spec, planmod.build(spec), Sweep.for_spec(spec)
+
+
+def cmd_plan(a) -> int:
+    spec, plan, sweep = prepare(a.spec, build_hosts=False)
     from .show import print_plan
 
-    print_plan(console, spec, plan, Sweep.for_spec(spec), rows=a.rows)
+    print_plan(console, spec, plan, sweep, rows=a.rows)
+    if plan.unresolved:
+        console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
+                      "(embedded hosts are built, hub hosts fetched, by `run`/`sweep`): their run ids are "
+                      "provisional", highlight=False)
     for name in PLAN_EXTRAS:  # cost estimate, Slurm array layout and sbatch scripts
         mod = _optional(name)
         if mod is not None and hasattr(mod, "print_plan_extra"):
@@ -85,20 +98,13 @@ def _optional(name: str):
 
 def cmd_run(a) -> int:
     from . import launch
-    from . import plan as planmod
     from .runner import quiet
-    from .spec import load
-    from .sweep import Sweep
 
     quiet()
-    spec = load(a.spec)
-    check_pairs(spec, a.spec)
-    plan = planmod.build(spec)
-    sweep = Sweep.for_spec(spec)
+    spec, plan, sweep = prepare(a.spec)
     sweep.write(spec, plan)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}")
-    _ensure_hosts(spec)
     counts = launch.run_local(sweep, workers=a.workers, debug=a.debug, console=console)
     res = _merge(sweep)
     from .show import print_summary
@@ -146,7 +152,7 @@ def cmd_summary(a) -> int:
 def cmd_hosts(a) -> int:
     from .hosts import build_all
 
-    for name, path in build_all(Path(a.models_dir), a.which).items():
+    for name, path in build_all(Path(a.models_dir), a.which or "all").items():
         console.print(f"{name}: {path}")
     return 0
 

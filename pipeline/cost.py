@@ -211,7 +211,7 @@ def estimate(spec, plan) -> Estimate:
     defaults = Training().model_dump()
     for r in plan.runs:
         k = r.key
-        model = k["host"]
+        model = k["host"]["model"]
         if model not in est.hosts:
             est.hosts[model] = host_params(model, spec.models_dir)
         n, _ = est.hosts[model]

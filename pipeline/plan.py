@@ -3,8 +3,21 @@
 Stage 1 trains each module on its origin host (technique x origin x dataset x
 seed).  Stage 2 runs on the receiving host (x condition x regime); ``ported``
 and ``sampled`` runs need their stage-1 module, ``scratch`` runs need nothing.
+``head-only`` runs (the control) load only the stage-1 module's head.
 A run id is a short hash of everything that affects the run's result, so it
-is stable under key order and changes when any such field changes.
+is stable under key order and changes when any such field changes: the
+technique and its params, the data and its split recipe, the seed, the
+training settings that change numbers, and each host's *identity* -- the
+fingerprint of its config and weights (``hosts.fingerprint``) and its
+pooling -- so a rebuilt host or another ``models_dir`` never reuses old
+results.  Settings that do not change a result (``checkpoint_every``,
+``eval_batch_size``; a zero-shot run's training budget) are carried in
+``settings`` instead, outside the hash.
+
+A host that is not available on this machine yet (a hub name not fetched, an
+embedded host not built) has no fingerprint: its runs get provisional ids
+(``unresolved``) and ``Plan.unresolved`` names it.  ``run`` and ``sweep``
+build or fetch every host before planning, so the ids they record are final.
 """
 
 from __future__ import annotations
@@ -14,10 +27,31 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import Spec
+from pathlib import Path
+
+from .spec import Spec, SpecError
 
 ID_LEN = 12
-EVAL_FIELDS = ("max_length", "eval_batch_size", "precision")  # what a zero-shot run uses of further_training
+EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depends on of further_training
+SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
+SPLIT_VERSION = 2  # data.SPLIT_VERSION (kept here so planning never imports the data stack)
+UNRESOLVED = "unresolved"
+
+
+def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Each host's identity from files on this machine, without building or importing torch:
+    ``{name: {model, path, fingerprint, pooling}}``; fingerprint None when the host is not here."""
+    from . import hosts
+
+    out = {}
+    for h in spec.hosts:
+        d = hosts.local_host_dir(h.model, Path(spec.models_dir))
+        pooling = None
+        if h.task == "classification":
+            pooling = h.pooling if h.pooling != "auto" else (hosts.default_pooling(d) if d else "auto")
+        out[h.name] = {"model": h.model, "path": str(d) if d else None,
+                       "fingerprint": hosts.fingerprint(d) if d else None, "pooling": pooling}
+    return out
 
 
 def run_id(key: dict[str, Any]) -> str:
@@ -33,6 +67,7 @@ class Run:
     labels: dict[str, Any]  # names for tables (host/dataset names), not hashed
     needs: str | None = None  # stage-1 run id whose module this run loads
     origin_run: str | None = None  # the stage-1 run this run is paired with
+    settings: dict[str, Any] = field(default_factory=dict)  # execution settings, not hashed
 
     def row(self) -> dict[str, Any]:
         """Flat columns for plan files and shards."""
@@ -45,12 +80,14 @@ class Run:
             "receiving_host": self.labels.get("receiving_host"),
             "host_pair": self.labels["host_pair"],
             "dataset": self.labels["dataset"],
+            "variant": self.labels.get("variant"),
             "seed": k["seed"],
             "condition": k.get("condition"),
             "regime": k.get("regime"),
             "needs": self.needs,
             "origin_run": self.origin_run,
             "config_json": json.dumps(k, sort_keys=True, default=str),
+            "settings_json": json.dumps(self.settings, sort_keys=True, default=str),
         }
 
 
@@ -59,6 +96,12 @@ class Plan:
     spec: Spec
     stage1: list[Run] = field(default_factory=list)
     stage2: list[Run] = field(default_factory=list)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # host_identities()
+
+    @property
+    def unresolved(self) -> list[str]:
+        """Hosts not available here: their runs' ids are provisional."""
+        return [n for n, h in self.hosts.items() if not h.get("fingerprint")]
 
     @property
     def runs(self) -> list[Run]:
@@ -68,38 +111,69 @@ class Plan:
         return {r.run_id: r for r in self.runs}
 
 
-def build(spec: Spec) -> Plan:
-    plan = Plan(spec)
+def variant_label(spec: Spec, technique: str, params: dict[str, Any]) -> str | None:
+    """'lr=0.003 steps=100' for a point of a tuning grid (only the keys that vary); None otherwise."""
+    from .spec import GRID_KEYS
+
+    given = spec.technique_params.get(technique, {})
+    keys = [k for k in GRID_KEYS if isinstance(given.get(k), list)]
+    return " ".join(f"{k}={params[k]:g}" for k in keys) or None
+
+
+def _host_key(info: dict[str, Any]) -> dict[str, Any]:
+    return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling")}
+
+
+def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]]) -> None:
+    for i, (a, b) in enumerate(spec.host_pairs):
+        pa, pb = hosts[a].get("pooling"), hosts[b].get("pooling")
+        if "auto" not in (pa, pb) and pa != pb:
+            raise SpecError(f"host_pairs[{i}]: hosts {a!r} and {b!r} pool differently ({pa} vs {pb}); a ported "
+                            "head would read another vector -- set the same `pooling:` on both hosts")
+
+
+def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given."""
+    hosts = hosts if hosts is not None else host_identities(spec)
+    _check_poolings(spec, hosts)
+    plan = Plan(spec, hosts=hosts)
     stage1: dict[tuple, Run] = {}
     ft = spec.further_training.model_dump()
     ot = spec.origin_training.model_dump()
-    for technique in spec.techniques:
-        params = spec.params_for(technique)
+    settings1 = {k: ot[k] for k in SETTINGS}
+    settings2 = {k: ft[k] for k in SETTINGS}
+    ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}
+    ft_eval = {k: ft[k] for k in EVAL_FIELDS}
+    ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}
+    for technique, params in ((t, p) for t in spec.techniques for p in spec.variants_for(t)):
+        training1 = {**ot_train, "steps": params.get("steps", ot["steps"])}
+        variant = variant_label(spec, technique, params)
         for origin_name, recv_name in spec.directed_pairs():
             origin, recv = spec.host(origin_name), spec.host(recv_name)
             pair = f"{origin_name}->{recv_name}"
             for ds in spec.datasets:
-                dsd = ds.model_dump(mode="json", exclude={"name"})
+                dsd = {**ds.model_dump(mode="json", exclude={"name"}), "split_version": SPLIT_VERSION}
                 for seed in spec.seeds:
-                    k1 = (technique, origin_name, ds.name, seed)
+                    k1 = (technique, variant, origin_name, ds.name, seed)
                     if k1 not in stage1:
                         key = {"stage": 1, "technique": technique, "params": params,
-                               "host": origin.model, "task": origin.task, "dataset": dsd,
-                               "seed": seed, "training": ot}
-                        labels = {"origin_host": origin_name, "host_pair": origin_name, "dataset": ds.name}
-                        stage1[k1] = Run(run_id(key), 1, key, labels)
+                               "host": _host_key(hosts[origin_name]), "task": origin.task, "dataset": dsd,
+                               "seed": seed, "training": training1}
+                        labels = {"origin_host": origin_name, "host_pair": origin_name, "dataset": ds.name,
+                                  "variant": variant}
+                        stage1[k1] = Run(run_id(key), 1, key, labels, settings=settings1)
                     s1 = stage1[k1]
                     for condition in spec.conditions:
                         for regime in spec.regimes:
-                            key = {"stage": 2, "origin": s1.run_id, "host": recv.model, "task": recv.task,
-                                   "technique": technique, "params": params, "dataset": dsd, "seed": seed,
-                                   "condition": condition, "regime": regime,
-                                   "training": ft if regime else {k: ft[k] for k in EVAL_FIELDS},
-                                   "port_head": spec.port_head if condition != "scratch" else None}
+                            key = {"stage": 2, "origin": s1.run_id, "host": _host_key(hosts[recv_name]),
+                                   "task": recv.task, "technique": technique, "params": params, "dataset": dsd,
+                                   "seed": seed, "condition": condition, "regime": regime,
+                                   "training": ft_train if regime else ft_eval,
+                                   "port_head": spec.port_head if condition in ("ported", "sampled") else None}
                             labels = {"origin_host": origin_name, "receiving_host": recv_name,
-                                      "host_pair": pair, "dataset": ds.name}
+                                      "host_pair": pair, "dataset": ds.name, "variant": variant}
                             needs = s1.run_id if condition != "scratch" else None
-                            plan.stage2.append(Run(run_id(key), 2, key, labels, needs, s1.run_id))
+                            plan.stage2.append(Run(run_id(key), 2, key, labels, needs, s1.run_id, settings2))
     plan.stage1 = list(stage1.values())
     ids = [r.run_id for r in plan.runs]
     if len(ids) != len(set(ids)):  # pragma: no cover - would need a hash collision

@@ -88,6 +88,34 @@ def load_into(model, state: dict[str, torch.Tensor], include_head: bool) -> dict
     return {"port_exact": exact, "ported_tensors": len(wanted), "ported_parameters": sum(t.numel() for t in wanted.values())}
 
 
+def load_head(model, state: dict[str, torch.Tensor]) -> dict:
+    """Copy only the classification head's tensors (the head-only control); verify bit-exactness."""
+    head = {n: t for n, t in state.items() if is_head_param(n)}
+    params = {n: p for n, p in model.named_parameters() if is_head_param(n)}
+    # peft keeps the trained head under modules_to_save: map names by their head suffix
+    by_suffix = {_head_suffix(n): p for n, p in params.items()}
+    missing = [n for n in head if _head_suffix(n) not in by_suffix]
+    if not head or missing:
+        raise ModuleError(f"module has no classification head that fits this host (missing {missing[:3]})")
+    with torch.no_grad():
+        for n, t in head.items():
+            p = by_suffix[_head_suffix(n)]
+            if p.shape != t.shape:
+                raise ModuleError(f"head tensor {n} has shape {tuple(t.shape)}, host wants {tuple(p.shape)}")
+            p.copy_(t)
+    exact = all(torch.equal(by_suffix[_head_suffix(n)].detach().cpu(), t) for n, t in head.items())
+    if not exact:
+        raise ModuleError("ported head differs from the origin module's after loading")
+    return {"port_exact": exact, "ported_tensors": len(head), "ported_parameters": sum(t.numel() for t in head.values())}
+
+
+def _head_suffix(name: str) -> str:
+    """'base_model.model.classifier.modules_to_save.default.weight' -> 'classifier.weight'."""
+    parts = [p for p in name.split(".") if p not in ("base_model", "model", "modules_to_save", "default", "original_module")]
+    i = next(i for i, p in enumerate(parts) if is_head_param(".".join(parts[i:])))
+    return ".".join(parts[i:])
+
+
 def sample_like(state: dict[str, torch.Tensor], seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     """Draw every tensor from N(mean, std) of the ported tensor itself (seeded).
 

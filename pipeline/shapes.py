@@ -26,11 +26,14 @@ def _config(model: str, models_dir: Path) -> dict | None:
         path = Path(model)
     elif model.startswith(hosts.PREFIX):
         key = model[len(hosts.PREFIX):]
-        if key not in hosts.EMBEDDED:
-            return None  # resolve_host gives the clear error later
-        path = hosts.minilm_dir() if hosts.EMBEDDED[key].build is None else models_dir / key
-        if not (path / "config.json").exists() and key.endswith("-tweets"):
-            path = hosts.minilm_dir()  # built from the shipped model: the same shape
+        path = hosts.local_host_dir(model, models_dir)
+        if path is None and key.startswith("all-minilm-l6-v2"):
+            try:
+                path = hosts.minilm_dir()  # derived hosts are built from the shipped model: the same shape
+            except hosts.HostError:
+                return None
+        elif path is None:
+            return None  # not built yet (resolve_host gives any clear error later)
     else:
         try:
             from huggingface_hub import try_to_load_from_cache

@@ -44,6 +44,28 @@ def write(path: Path, row: dict[str, Any]) -> Path:
     return path
 
 
+PRED_SCHEMA = pa.schema([("run_id", pa.string()), ("example_id", pa.int32()), ("label", pa.int16()),
+                         ("pred", pa.int16()), ("correct", pa.bool_()), ("score", pa.float32())])
+
+
+def write_predictions(path: Path, run_id: str, labels, per_example: dict) -> Path:
+    """One row per eval example (same example ids in every run of a dataset), written atomically."""
+    n = len(labels)
+    preds = per_example["pred"]
+    table = pa.table({"run_id": [run_id] * n, "example_id": list(range(n)), "label": list(labels), "pred": preds,
+                      "correct": [int(p) == int(y) for p, y in zip(preds, labels)], "score": per_example["score"]},
+                     schema=PRED_SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def read(path: Path) -> dict[str, Any]:
     """Read and validate one shard; raises ShardError naming the file."""
     try:

@@ -369,19 +369,12 @@ def _user_errors(fn):
 
 @_user_errors
 def cmd_sweep(a) -> int:
-    from . import plan as planmod
-    from .cli import console
-    from .spec import load
+    from .cli import console, prepare
 
-    spec = load(a.spec)
-    from .shapes import check_pairs
-
-    check_pairs(spec, a.spec)  # before anything is submitted
-    plan = planmod.build(spec)
-    sweep = Sweep.for_spec(spec)
     if not st.have_slurm():
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
                          f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
+    spec, plan, sweep = prepare(a.spec)  # checks everything before anything is submitted
     sweep.write(spec, plan)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}", highlight=False)

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONDITIONS = ("ported", "scratch", "sampled")
+CONDITIONS = ("ported", "scratch", "sampled", "head-only")
+POOLINGS = ("auto", "mean", "cls", "pooler")
+GRID_KEYS = ("lr", "steps")  # technique params that may be lists (one set of runs per value)
 ZERO_SHOT = "zero-shot"
 
 
@@ -31,6 +33,9 @@ class Host(_Strict):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1, description="hub name, local folder, or embedded:NAME")
     task: Literal["classification", "text-to-text"] = "classification"
+    # How a classification host turns token states into the vector its head reads (see pooling.py).
+    # auto: the host's own sentence-transformers pooling when it has one (1_Pooling/config.json), else cls.
+    pooling: Literal["auto", "mean", "cls", "pooler"] = "auto"
 
 
 class Dataset(_Strict):
@@ -61,8 +66,10 @@ class Training(_Strict):
     eval_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=64, gt=0)
     lr: float | None = Field(default=None, gt=0, description="None: the technique's default")
+    head_lr: float = Field(default=1e-2, gt=0, description="the classification head's lr, the same for every technique")
     weight_decay: float = Field(default=0.0, ge=0)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
 
@@ -96,7 +103,7 @@ class Spec(_Strict):
     datasets: list[Dataset] = Field(min_length=1)
     techniques: list[str] = Field(min_length=1)
     technique_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    conditions: list[Literal["ported", "scratch", "sampled"]] = Field(min_length=1)
+    conditions: list[Literal["ported", "scratch", "sampled", "head-only"]] = Field(min_length=1)
     regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
     seeds: list[int] = Field(min_length=1)
     port_head: bool = True
@@ -153,10 +160,20 @@ class Spec(_Strict):
                 raise _PathError(f"datasets[{i}].name", f"duplicate dataset name {n!r}")
         from . import techniques
 
-        for t in self.technique_params:
+        for t, params in self.technique_params.items():
             if t not in techniques.REGISTRY:
                 raise _PathError(f"technique_params.{t}", f"unknown technique{_did_you_mean(t, techniques.known())} "
                                  f"(known: {', '.join(techniques.known())})")
+            for k in GRID_KEYS:
+                v = params.get(k)
+                vals = v if isinstance(v, list) else [v]
+                if v is None:
+                    continue
+                bad = [x for x in vals if isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0
+                       or (k == "steps" and not isinstance(x, int))]
+                if bad or not vals:
+                    what = "a positive integer" if k == "steps" else "a positive number"
+                    raise _PathError(f"technique_params.{t}.{k}", f"must be {what} or a list of them, got {v!r}")
         if len(self.directed_pairs()) != len(set(self.directed_pairs())):
             raise _PathError("host_pairs", "the same origin -> receiving pair appears twice "
                              "(both_directions already adds the reverse)")
@@ -176,6 +193,17 @@ class Spec(_Strict):
         from . import techniques
 
         return {**techniques.get(technique).defaults, **self.technique_params.get(technique, {})}
+
+    def variants_for(self, technique: str) -> list[dict[str, Any]]:
+        """The technique's params, one dict per point of its grid: ``lr`` and ``steps`` may be lists
+        (a tuning sweep), every combination becomes its own set of runs."""
+        import itertools
+
+        base = self.params_for(technique)
+        axes = [(k, base[k]) for k in GRID_KEYS if isinstance(base.get(k), list)]
+        if not axes:
+            return [base]
+        return [{**base, **dict(zip([k for k, _ in axes], combo))} for combo in itertools.product(*[v for _, v in axes])]
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]

@@ -3,7 +3,9 @@
     <output_dir>/
       spec.yaml  sweep.json  plan.parquet     what was asked, when, by which code
       modules/<run_id>/module.safetensors    stage-1 modules (+ module.json, checksum)
+      hosts.json                             each host's path, fingerprint, pooling, build_info
       shards/<run_id>.parquet                one result row per finished run
+      preds/<run_id>.parquet                 its per-example predictions (written before the shard)
       errors/<run_id>.txt                    last error of a failed run
       ckpt/<run_id>.pt                       training checkpoints (preemption)
       jobs.jsonl  submitit/                  submitted jobs and their logs
@@ -44,6 +46,9 @@ class Sweep:
     def shard(self, run_id: str) -> Path:
         return self.shards / f"{run_id}.parquet"
 
+    def preds(self, run_id: str) -> Path:
+        return self.root / "preds" / f"{run_id}.parquet"
+
     def module(self, run_id: str) -> Path:
         return self.root / "modules" / run_id
 
@@ -61,6 +66,7 @@ class Sweep:
     def write(self, spec: specmod.Spec, plan: planmod.Plan) -> None:
         """Record the spec and its plan (idempotent: an existing plan must match)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.root / "hosts.json", json.dumps(hosts_record(plan.hosts), indent=1, sort_keys=True))
         table = plan_table(plan)
         if (self.root / "plan.parquet").exists():
             old = set(pq.read_table(self.root / "plan.parquet", columns=["run_id"]).column("run_id").to_pylist())
@@ -92,6 +98,21 @@ class Sweep:
         if not self.shards.exists():
             return set()
         return {e.name[:-8] for e in os.scandir(self.shards) if e.name.endswith(".parquet") and not e.name.startswith(".")}
+
+
+def hosts_record(hosts: dict[str, dict]) -> dict[str, dict]:
+    """``plan.hosts`` plus each built host's ``build_info.json`` (recipe, distance to its base)."""
+    out = {}
+    for name, h in hosts.items():
+        info = None
+        if h.get("path"):
+            f = Path(h["path"]) / "build_info.json"
+            try:
+                info = json.loads(f.read_text()) if f.exists() else None
+            except (OSError, ValueError):
+                info = None
+        out[name] = {**h, "build_info": info}
+    return out
 
 
 def plan_table(plan: planmod.Plan) -> pa.Table:

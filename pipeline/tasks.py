@@ -52,6 +52,7 @@ class Task:
     label_words: tuple[str, ...]
     max_length: int = 64
     template: str = "{text}"
+    pooling: str = "cls"  # classification hosts: mean | cls | pooler (see pooling.py)
 
     def __post_init__(self) -> None:
         if self.kind not in TASKS:
@@ -65,8 +66,12 @@ class Task:
         import transformers
 
         if self.kind == CLASSIFICATION:
+            from .pooling import install
+
             auto = transformers.AutoModelForSequenceClassification
-            return auto.from_pretrained(path, num_labels=len(self.label_words))
+            model = auto.from_pretrained(path, num_labels=len(self.label_words))
+            install(model, self.pooling)
+            return model
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
 
     @staticmethod

@@ -81,6 +81,19 @@ class Stop(Exception):
     """Raised inside the loop when a checkpoint-and-stop was requested (preemption)."""
 
 
+def param_groups(model, lr: float, head_lr: float) -> list[dict]:
+    """Two optimizer groups: the PEFT module at the technique's ``lr``, the classification head at
+    ``head_lr`` (one value for every technique, so techniques differ only in their module)."""
+    from .techniques.base import is_head_param
+
+    module, head = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if is_head_param(name) else module).append(p)
+    groups = [{"params": module, "lr": lr, "name": "module"}, {"params": head, "lr": head_lr, "name": "head"}]
+    return [g for g in groups if g["params"]]
+
+
 def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed: int, acc,
           ckpt: Checkpoint | None = None, stop_requested=lambda: False, on_step=None) -> dict:
     if steps <= 0:
@@ -88,8 +101,9 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
     from transformers import get_linear_schedule_with_warmup
 
     ids = task.encode(texts)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(model, lr, cfg.head_lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * steps), steps)
     model, opt = acc.prepare(model, opt)
     step, losses = ckpt.load(acc.unwrap_model(model), opt, sched) if ckpt else (0, [])
@@ -105,6 +119,8 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
             batch = {k: v.to(acc.device) for k, v in task.collate([ids[i] for i in b], [labels[i] for i in b]).items()}
             loss = task.loss(model, batch)
             acc.backward(loss)
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -125,35 +141,42 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, texts, labels, *, cfg, acc) -> dict:
+def evaluate(model, task: Task, texts, labels, *, cfg, acc) -> tuple[dict, dict]:
+    """Metrics of the eval set, and its per-example predictions (``pred``, ``score``).
+
+    ``score`` is class 1's score minus class 0's (logits, or label-word
+    log-likelihoods) for two classes -- what AUC ranks -- and None otherwise.
+    """
+    from .metrics import auc as roc_auc, macro_f1
+
     model.eval()
     ids = task.encode(texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     preds = [0] * len(ids)
+    margin: list[float | None] = [None] * len(ids)
     loss_sum, t0 = 0.0, time.perf_counter()
     for s in range(0, len(order), cfg.eval_batch_size):
         b = order[s: s + cfg.eval_batch_size]
         batch = {k: v.to(acc.device) for k, v in task.collate([ids[i] for i in b], [labels[i] for i in b]).items()}
         with acc.autocast():
             scores = task.scores(model, batch)
+        scores = scores.float()
         loss_sum += torch.nn.functional.cross_entropy(scores, batch["class_ids"], reduction="sum").item()
-        for i, p in zip(b, scores.argmax(-1).tolist()):
-            preds[i] = p
+        two = scores.shape[-1] == 2
+        diff = (scores[:, 1] - scores[:, 0]).tolist() if two else [None] * len(b)
+        for i, p, m in zip(b, scores.argmax(-1).tolist(), diff):
+            preds[i], margin[i] = p, m
     dt = time.perf_counter() - t0
-    return {"accuracy": sum(int(p == y) for p, y in zip(preds, labels)) / len(labels),
-            "macro_f1": macro_f1(preds, list(labels), len(task.label_words)),
-            "eval_loss": loss_sum / len(labels), "eval_time_s": dt, "eval_samples_per_s": len(labels) / dt if dt else None,
-            "eval_examples": len(labels), "pred_positive_rate": sum(preds) / len(preds)}
-
-
-def macro_f1(preds: list[int], gold: list[int], n_classes: int) -> float:
-    f1s = []
-    for c in range(n_classes):
-        tp = sum(1 for p, y in zip(preds, gold) if p == c and y == c)
-        fp = sum(1 for p, y in zip(preds, gold) if p == c and y != c)
-        fn = sum(1 for p, y in zip(preds, gold) if p != c and y == c)
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return sum(f1s) / n_classes
+    gold = list(labels)
+    counts = [gold.count(c) for c in range(len(task.label_words))]
+    auc = roc_auc(gold, margin) if margin and margin[0] is not None else None
+    metrics = {"accuracy": sum(int(p == y) for p, y in zip(preds, gold)) / len(gold),
+               "macro_f1": macro_f1(preds, gold, len(task.label_words)), "auc": auc,
+               "eval_loss": loss_sum / len(gold), "eval_time_s": dt, "eval_samples_per_s": len(gold) / dt if dt else None,
+               "eval_examples": len(gold), "pred_positive_rate": sum(preds) / len(preds),
+               "eval_pos_rate": counts[1] / len(gold) if len(counts) > 1 else None,
+               "majority_acc": max(counts) / len(gold)}
+    return metrics, {"pred": preds, "score": margin}
 
 
 def peak_memory_mb() -> float:

@@ -85,8 +85,8 @@ def test_cost_estimate_follows_the_documented_model(paper):
     got = cost.run_flops(n, "text-to-text", tr.model_dump(), tr.steps, 1066, 2)
     assert got[0] == pytest.approx(train) and got[1] == pytest.approx(ev)
     # stage-1 FLOPs add up over its runs (half base, half large hosts)
-    by_size = {m: cost.KNOWN_PARAMS[m] for m in {r.key["host"] for r in plan.stage1}}
-    total = sum(sum(cost.run_flops(by_size[r.key["host"]], "text-to-text", r.key["training"], r.key["training"]["steps"],
+    by_size = {m: cost.KNOWN_PARAMS[m] for m in {r.key["host"]["model"] for r in plan.stage1}}
+    total = sum(sum(cost.run_flops(by_size[r.key["host"]["model"]], "text-to-text", r.key["training"], r.key["training"]["steps"],
                                    r.key["dataset"]["eval_size"], 2)[:2]) for r in plan.stage1)
     assert est.stages[1].flops == pytest.approx(total)
 

@@ -1,6 +1,7 @@
 """Planner: counts, the two-stage DAG and run-id stability."""
 
 import copy
+from pathlib import Path
 
 from pipeline import plan as P
 from pipeline import spec as S
@@ -59,3 +60,67 @@ def test_plan_rows_flatten_config():
     p = P.build(make())
     row = p.stage2[0].row()
     assert row["host_pair"] == "a->b" and row["stage"] == 2 and row["needs"] == p.stage1[0].run_id
+
+
+def test_host_identity_is_in_every_run_id(tmp_path):
+    """A rebuilt host (other weights) or another folder with other weights gets new ids; the same
+    files under another models_dir keep them."""
+    import shutil
+
+    from pipeline import hosts
+
+    base = hosts.minilm_dir()
+
+    def host_copy(name: str, flip: bool) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(base / "config.json", d / "config.json")
+        data = bytearray((base / "model.safetensors").read_bytes()[:4096])
+        if flip:
+            data[-1] ^= 1
+        (d / "model.safetensors").write_bytes(bytes(data))
+        return d
+
+    a, b, same = host_copy("a", False), host_copy("b", False), host_copy("c", False)
+    spec = lambda m: make(hosts=[{"name": "a", "model": str(a)}, {"name": "b", "model": str(m)}])  # noqa: E731
+    ids = lambda p: {r.run_id for r in p.runs}  # noqa: E731
+    first = P.build(spec(b))
+    assert all(r.key["host"]["fingerprint"] != P.UNRESOLVED for r in first.runs) and not first.unresolved
+    assert ids(P.build(spec(b))) == ids(first)
+    # "rebuilding" b with other weights changes every run on it
+    (b / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes()[:-1] + b"\x00")
+    rebuilt = P.build(spec(b))
+    on_b = lambda p: {r.run_id for r in p.runs if r.labels.get("receiving_host", r.labels["origin_host"]) == "b"}  # noqa: E731
+    assert not on_b(rebuilt) & on_b(first)
+    # the same bytes elsewhere: the stage-1 runs on `a` are unchanged, only the path differs
+    moved = P.build(spec(same))
+    s1a = lambda p: {r.run_id for r in p.stage1 if r.labels["origin_host"] == "a"}  # noqa: E731
+    assert s1a(moved) == s1a(first)
+
+
+def test_unavailable_hosts_give_provisional_ids():
+    p = P.build(make())
+    assert set(p.unresolved) == {"a", "b"}
+    assert all(r.key["host"]["fingerprint"] == P.UNRESOLVED for r in p.runs)
+
+
+def test_settings_that_do_not_change_results_are_not_hashed():
+    a = P.build(make())
+    for changed in (make(origin_training={"checkpoint_every": 5}), make(further_training={"eval_batch_size": 7}),
+                    make(further_training={"steps": 999})):
+        assert {r.run_id for r in P.build(changed).runs} == {r.run_id for r in a.runs}
+    row = P.build(make(further_training={"eval_batch_size": 7})).stage2[0].row()
+    assert '"eval_batch_size": 7' in row["settings_json"]
+
+
+def test_head_only_control_needs_the_module_and_per_technique_budgets():
+    p = P.build(make(conditions=["ported", "head-only"], technique_params={"lora": {"steps": 33, "lr": 0.01}}))
+    ho = [r for r in p.stage2 if r.key["condition"] == "head-only"]
+    assert ho and all(r.needs == r.origin_run for r in ho)
+    assert all(r.key["training"]["steps"] == 33 for r in p.stage1)
+
+
+def test_a_learning_rate_grid_plans_one_set_of_runs_per_value():
+    p = P.build(make(techniques=["lora"], seeds=[0], technique_params={"lora": {"lr": [0.001, 0.01]}}))
+    assert {r.labels["variant"] for r in p.stage1} == {"lr=0.001", "lr=0.01"}
+    assert len(p.stage1) == 2 * 2  # two lrs x two directions

@@ -146,8 +146,11 @@ def test_evaluate_predicts_the_argmax_of_the_scores(hosts, task):
     from pipeline.train import accelerator, evaluate
 
     model = hosts["tiny-t5-b"]
-    ev = evaluate(model, task, TEXTS, LABELS, cfg=Training(eval_batch_size=3), acc=accelerator("fp32"))
-    preds = manual_scores(model, task, batch_of(task)).argmax(-1).tolist()
+    ev, per_example = evaluate(model, task, TEXTS, LABELS, cfg=Training(eval_batch_size=3), acc=accelerator("fp32"))
+    scores = manual_scores(model, task, batch_of(task))
+    preds = scores.argmax(-1).tolist()
+    assert per_example["pred"] == preds
+    assert per_example["score"] == pytest.approx((scores[:, 1] - scores[:, 0]).tolist(), abs=1e-4)
     assert ev["accuracy"] == sum(p == y for p, y in zip(preds, LABELS, strict=True)) / len(LABELS)
     assert ev["pred_positive_rate"] == sum(preds) / len(preds)
 

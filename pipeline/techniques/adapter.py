@@ -47,12 +47,11 @@ from torch import nn
 from transformers.activations import get_activation
 
 from . import register
-from .base import CLASSIFICATION, TASKS, Technique, is_head_param
+from .base import CLASSIFICATION, TASKS, TRAINING_KEYS, Technique, is_head_param
 
 ATTENTION, FFN = "attention", "ffn"
 PLACEMENTS = {"pfeiffer": (FFN,), "houlsby": (ATTENTION, FFN)}
 ADAPTER_ATTR = "adapter"  # the adapter's attribute name on its sublayer
-TRAINING_KEYS = ("lr",)  # accepted in params, ignored by attach
 
 DOWN_INIT_STD = 1e-2
 

@@ -21,6 +21,10 @@ CLASSIFICATION = "classification"  # encoder + classification head (AutoModelFor
 TEXT_TO_TEXT = "text-to-text"  # encoder-decoder, label verbalised as a word (AutoModelForSeq2SeqLM)
 TASKS = (CLASSIFICATION, TEXT_TO_TEXT)
 
+# Keys of a technique's params that configure its training, not the module: its learning rate and
+# its origin-training step budget (overriding origin_training.steps).  ``attach`` never sees them.
+TRAINING_KEYS = ("lr", "steps")
+
 # Parameter-name fragments that belong to a classification head.
 HEAD_MARKERS = ("classifier", "score")
 
@@ -49,7 +53,8 @@ class Technique:
 
     def build(self, model: nn.Module, task: str, params: dict[str, Any] | None = None) -> nn.Module:
         merged = {**self.defaults, **(params or {})}
-        merged.pop("lr", None)
+        for k in TRAINING_KEYS:
+            merged.pop(k, None)
         return self.attach(model, task, merged)
 
 

@@ -10,6 +10,7 @@ that are used; the computation is the same.
 
 from . import register
 from ._peft import host_config, task_type, wrap
+from ..pooling import find
 from .base import CLASSIFICATION, Technique
 
 
@@ -18,6 +19,9 @@ def attach(model, task, params):
 
     extra = {} if task == CLASSIFICATION else {"num_transformer_submodules": 1}
     cfg = peft.PromptTuningConfig(task_type=task_type(task), **host_config(model), **{**extra, **params})
+    pool = find(model) if task == CLASSIFICATION else None
+    if pool is not None:  # the prompt is prepended: keep it out of the pool and of the real tokens' positions
+        pool.virtual_front = cfg.num_virtual_tokens
     return wrap(model, cfg)
 
 
