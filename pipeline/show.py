@@ -1,4 +1,8 @@
-"""Human-facing tables: the plan (dry run) and the results summary."""
+"""Human-facing tables: the plan (dry run) and the results summary.
+
+The summary reads results.parquet through DuckDB with the path passed as a
+query parameter (never pasted into SQL), so any folder name works.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections import Counter
 
 from rich.table import Table
 
+CONDITION_ORDER = ("ported", "sampled", "scratch", "head-only")
 COLS = ("run_id", "stage", "technique", "host_pair", "dataset", "seed", "condition", "regime", "needs")
 
 
@@ -43,9 +48,9 @@ def print_summary(console, sweep, merge_result) -> None:
         console.print("no results yet")
         return
     con = duckdb.connect()
-    path = str(sweep.results)
-    stage1 = con.execute(f"""SELECT technique, count(*), avg(accuracy), avg(macro_f1) FROM read_parquet('{path}')
-                             WHERE stage = 1 GROUP BY technique ORDER BY technique""").fetchall()
+    path = [str(sweep.results)]  # a parameter: quotes or spaces in the folder name need no escaping
+    stage1 = con.execute("""SELECT technique, count(*), avg(accuracy), avg(macro_f1) FROM read_parquet(?)
+                            WHERE stage = 1 GROUP BY technique ORDER BY technique""", path).fetchall()
     if stage1:
         t = Table(title="stage 1: module on its origin host (mean over origins, datasets, seeds)")
         for c in ("technique", "runs", "accuracy", "macro-F1"):
@@ -53,14 +58,15 @@ def print_summary(console, sweep, merge_result) -> None:
         for tech, n, acc, f1 in stage1:
             t.add_row(tech, str(n), f"{acc:.3f}", f"{f1:.3f}")
         console.print(t)
-    cols = con.execute(f"SELECT * FROM read_parquet('{path}') LIMIT 0").description
+    cols = con.execute("SELECT * FROM read_parquet(?) LIMIT 0", path).description
     if "condition" not in {c[0] for c in cols}:
         return
-    rows = con.execute(f"""SELECT technique, condition, regime, count(*), avg(accuracy) FROM read_parquet('{path}')
-                           WHERE stage = 2 GROUP BY ALL ORDER BY ALL""").fetchall()
+    rows = con.execute("""SELECT technique, condition, regime, count(*), avg(accuracy) FROM read_parquet(?)
+                          WHERE stage = 2 GROUP BY ALL ORDER BY ALL""", path).fetchall()
     if not rows:
         return
-    conds = sorted({r[1] for r in rows}, key=["ported", "sampled", "scratch"].index)
+    conds = sorted({r[1] for r in rows}, key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER
+                                                        else len(CONDITION_ORDER), str(c)))
     regimes = sorted({r[2] for r in rows})
     cell = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
     t = Table(title="stage 2: mean accuracy on the receiving host (runs in brackets)")
@@ -77,7 +83,7 @@ def print_summary(console, sweep, merge_result) -> None:
         t.add_row(tech, *vals)
     console.print(t)
     n = Counter(r["stage"] for r in sweep.plan_rows.values())
-    got = con.execute(f"SELECT stage, count(*) FROM read_parquet('{path}') GROUP BY stage").fetchall()
+    got = con.execute("SELECT stage, count(*) FROM read_parquet(?) GROUP BY stage", path).fetchall()
     got = dict(got)
     missing = sum(n.values()) - sum(got.values())
     console.print(f"runs with results: stage 1 {got.get(1, 0)}/{n[1]}, stage 2 {got.get(2, 0)}/{n[2]}"

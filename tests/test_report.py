@@ -2,7 +2,10 @@
 
 The synthetic sweep mirrors the columns of a real one (see pipeline.plan.Run.row and
 pipeline.runner.execute); its accuracies carry a known effect: ported = scratch + EFFECT
-at zero-shot, shrinking with the budget, sampled halfway between.
+at zero-shot, shrinking with the budget, sampled halfway between, head-only (when asked
+for) a quarter of the way.  ``make_sweep(..., preds=...)`` also writes per-example
+predictions consistent with each run's accuracy, ``new_columns=True`` the newer shard
+columns (auc, class balance, majority-class accuracy) and ``hosts=`` a hosts.json.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report
+from pipeline import report, stats
 
 EFFECT = 0.08
+N_EVAL = 200  # eval examples of the synthetic dataset
+POS_SHARE = 0.55  # its class-1 share (the majority class)
 
 
 def _rid(*parts) -> str:
@@ -28,8 +33,14 @@ def _rid(*parts) -> str:
 
 def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b", "a")), datasets=("rt",),
                conditions=("ported", "scratch", "sampled"), regimes=(0, 50), seeds=(0, 1, 2),
-               drop=lambda row: False, write_results=True, noise=0.01) -> dict:
-    """Write plan.parquet, sweep.json and results.parquet (rows for which ``drop(row)`` is false)."""
+               drop=lambda row: False, write_results=True, noise=0.01, preds=None, new_columns=False,
+               hosts=None, one_class=()) -> dict:
+    """Write plan.parquet, sweep.json and results.parquet (rows for which ``drop(row)`` is false).
+
+    ``preds``: None (an older sweep), "merged" (predictions.parquet beside results.parquet) or "files"
+    (shards/ and preds/ as the runs leave them, nothing merged).  ``one_class``: techniques whose
+    stage-1 modules predict class 1 everywhere while ranking well (AUC 0.75).
+    """
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     plan, results = [], []
@@ -53,19 +64,44 @@ def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b
                                          "dataset": ds, "seed": s, "condition": c, "regime": float(g),
                                          "needs": s1 if c != "scratch" else None, "origin_run": s1,
                                          "config_json": json.dumps({"stage": 2, "condition": c})})
+    labels = (np.arange(N_EVAL) < round(POS_SHARE * N_EVAL)).astype(np.int16)
+    difficulty = np.random.default_rng(1).normal(0, 1, N_EVAL)  # shared: runs get the easy examples right together
+    pred_frames = {}
     for p in plan:
         base = 0.6 + 0.02 * p["seed"] + rng.normal(0, noise)
+        flat = False
         if p["stage"] == 1:
             acc = 0.85 + rng.normal(0, noise)
             extra = {"module_sha256": f"sha-{p['run_id']}", "port_exact": None}
+            flat = p["technique"] in one_class
         else:
             shrink = 1.0 / (1 + p["regime"] / 50)
-            acc = base + 0.2 * (p["regime"] > 0) + {"ported": EFFECT, "sampled": EFFECT / 2, "scratch": 0}[
-                p["condition"]] * shrink
+            acc = base + 0.2 * (p["regime"] > 0) + {"ported": EFFECT, "sampled": EFFECT / 2, "scratch": 0,
+                                                    "head-only": EFFECT / 4}[p["condition"]] * shrink
             extra = {"port_exact": True if p["condition"] != "scratch" else None,
                      "origin_module_sha256": f"sha-{p['needs']}" if p["needs"] else None,
                      "sample_mean_err": 0.01 if p["condition"] == "sampled" else None,
                      "sample_std_err": 0.02 if p["condition"] == "sampled" else None}
+        if preds or new_columns:  # per-example predictions; the run's metrics are those of its predictions
+            if flat:
+                pred = np.ones(N_EVAL, np.int16)
+            else:
+                k = int(round(min(max(acc, 0.0), 1.0) * N_EVAL))
+                order = np.argsort(difficulty + rng.normal(0, 0.5, N_EVAL))
+                right = np.zeros(N_EVAL, bool)
+                right[order[:k]] = True
+                pred = np.where(right, labels, 1 - labels).astype(np.int16)
+            correct = pred == labels
+            score = (np.where(pred == 1, 1.0, -1.0) * (0.5 + rng.random(N_EVAL))).astype(np.float32)
+            if flat:
+                score = (np.where(labels == 1, 1.0, 0.6) + 0.5 * rng.random(N_EVAL)).astype(np.float32)
+            acc = float(correct.mean())
+            pred_frames[p["run_id"]] = pd.DataFrame({"run_id": p["run_id"], "example_id": np.arange(N_EVAL, dtype=np.int32),
+                                                     "label": labels, "pred": pred, "correct": correct, "score": score})
+            if new_columns:
+                extra.update({"auc": stats.auc(labels, score), "train_pos_rate": 0.57, "eval_pos_rate": POS_SHARE,
+                              "majority_acc": POS_SHARE, "pred_positive_rate": float(pred.mean()),
+                              "eval_examples": N_EVAL})
         if not drop(p):
             results.append({**p, "accuracy": float(acc), "macro_f1": float(acc) - 0.05, "eval_loss": 0.5, **extra,
                             "v_torch": "2.13.0", "python": "3.11.7", "git_commit": "abc123", "hostname": "node1",
@@ -73,9 +109,21 @@ def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b
     pd.DataFrame(plan).to_parquet(root / "plan.parquet")
     (root / "sweep.json").write_text(json.dumps({"name": "synthetic", "spec_hash": "feedbeef0123",
                                                  "code_version": "abc123", "created": "2026-01-01T00:00:00+0000"}))
-    if write_results and results:
+    if hosts is not None:
+        (root / "hosts.json").write_text(json.dumps(hosts))
+    done = {r["run_id"] for r in results}
+    if preds == "files":
+        from pipeline import shards
+
+        (root / "preds").mkdir(parents=True, exist_ok=True)
+        for row in results:
+            pred_frames[row["run_id"]].to_parquet(root / "preds" / f"{row['run_id']}.parquet")
+            shards.write(root / "shards" / f"{row['run_id']}.parquet", row)
+    elif write_results and results:
         pd.DataFrame(results).to_parquet(root / "results.parquet")
-    return {"plan": plan, "results": results}
+        if preds == "merged":
+            pd.concat([f for rid, f in pred_frames.items() if rid in done]).to_parquet(root / "predictions.parquet")
+    return {"plan": plan, "results": results, "preds": pred_frames}
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +186,8 @@ def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
     for f in r.figures:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 2_000
     assert {p.name for p in r.tables} == {"stage2_cells.csv", "stage1_cells.csv", "stats_pooled.csv",
-                                          "stats_by_direction.csv", "pairs.csv", "missing_runs.csv"}
+                                          "stats_by_direction.csv", "pairs.csv", "missing_runs.csv",
+                                          "retention.csv", "class_balance.csv", "did_it_learn.csv", "hosts.csv"}
     for p in r.tables:
         pd.read_csv(p)  # readable CSV
     page = r.html.read_text()
@@ -158,16 +207,32 @@ def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
 
 def test_stats_and_summary_find_the_known_effect(tmp_path):
     root = tmp_path / "s"
-    make_sweep(root, seeds=tuple(range(8)), regimes=(0,), noise=0.0)
+    make_sweep(root, seeds=tuple(range(8)), regimes=(0,), noise=0.003)  # run-level noise: the CI has width
     r = report.build(root, tmp_path / "rep", n_boot=300, figures=False)
     pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
     ps = pooled[pooled["b"] == "scratch"]
-    np.testing.assert_allclose(ps["mean_diff"], EFFECT, atol=1e-9)
-    assert (ps["n"] == 16).all() and (ps["p_holm"] < 0.05).all()
-    np.testing.assert_allclose(pooled.loc[pooled["b"] == "sampled", "mean_diff"], EFFECT / 2, atol=1e-9)
+    np.testing.assert_allclose(ps["mean_diff"], EFFECT, atol=0.005)
+    assert (ps["n"] == 16).all() and (ps["p_holm"] < 0.05).all() and not ps["no_variation"].any()
+    assert (ps["ci_low"] < ps["mean_diff"]).all() and (ps["mean_diff"] < ps["ci_high"]).all()
+    np.testing.assert_allclose(pooled.loc[pooled["b"] == "sampled", "mean_diff"], EFFECT / 2, atol=0.005)
+    assert (pooled["method"] == "wilcoxon").all()  # no predictions: the run-level fallback
     md = r.markdown.read_text()
     assert "higher mean accuracy than scratch ones in 2 of 2" in md
     assert "significant at α = 0.05" in md and "None of these" not in md
+    assert "Run-level comparisons, because this sweep has no per-example predictions" in md
+
+
+def test_zero_width_differences_are_no_finding(tmp_path):
+    """Every pair differs by exactly EFFECT: a zero-width interval, shown as "no variation", never significant."""
+    root = tmp_path / "s"
+    make_sweep(root, seeds=tuple(range(8)), regimes=(0,), noise=0.0)
+    r = report.build(root, tmp_path / "rep", n_boot=300, figures=False)
+    pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
+    np.testing.assert_allclose(pooled.loc[pooled["b"] == "scratch", "mean_diff"], EFFECT, atol=1e-9)
+    assert pooled["no_variation"].all() and pooled["p_holm"].isna().all()
+    md = r.markdown.read_text()
+    assert "no variation" in md and f"[{EFFECT:+.3f}, {EFFECT:+.3f}]" not in md
+    assert "None of these" in md and "significant at α = 0.05:" not in md
 
 
 def test_summary_says_when_nothing_can_be_significant(tmp_path):
