@@ -9,7 +9,7 @@ SWEEP ?= $(SPEC)
 WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup hosts demo dry-run run sweep status resume merge summary report test test-fast test-slurm \
+.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep status resume merge summary report test test-fast \
         bench bench-smoke lint slurm-up slurm-down clean
 
 help: ## list the targets
@@ -31,6 +31,17 @@ hosts: $(STAMP) ## build the embedded second host (MiniLM further pretrained on 
 demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the summary, write the report
 	$(RUN) run sweeps/demo.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo.yaml
+
+demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions (see README for its time)
+	$(RUN) run sweeps/demo-full.yaml --workers $(WORKERS)
+	$(RUN) report sweeps/demo-full.yaml
+
+tune: $(STAMP) ## the learning-rate sweep behind the demo's per-technique budgets (sweeps/tune.yaml)
+	$(RUN) run sweeps/tune.yaml --workers $(WORKERS)
+
+drift: $(STAMP) ## ported zero-shot retention vs host distance (sweeps/drift.yaml; not in CI)
+	$(RUN) run sweeps/drift.yaml --workers $(WORKERS)
+	$(RUN) report sweeps/drift.yaml
 
 dry-run: $(STAMP) ## show the plan of SPEC (runs per stage, sample runs, layout) without running anything
 	$(RUN) plan $(SPEC)

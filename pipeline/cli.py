@@ -152,7 +152,8 @@ def cmd_summary(a) -> int:
 def cmd_hosts(a) -> int:
     from .hosts import build_all
 
-    for name, path in build_all(Path(a.models_dir), a.which or "all").items():
+    which = a.which or ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets"]  # default: the demo's MiniLM pair
+    for name, path in build_all(Path(a.models_dir), which).items():
         console.print(f"{name}: {path}")
     return 0
 

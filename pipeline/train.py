@@ -147,7 +147,8 @@ def evaluate(model, task: Task, texts, labels, *, cfg, acc) -> tuple[dict, dict]
     ``score`` is class 1's score minus class 0's (logits, or label-word
     log-likelihoods) for two classes -- what AUC ranks -- and None otherwise.
     """
-    from .metrics import auc as roc_auc, macro_f1
+    from .metrics import macro_f1
+    from .stats import auc as roc_auc
 
     model.eval()
     ids = task.encode(texts)
@@ -170,6 +171,7 @@ def evaluate(model, task: Task, texts, labels, *, cfg, acc) -> tuple[dict, dict]
     gold = list(labels)
     counts = [gold.count(c) for c in range(len(task.label_words))]
     auc = roc_auc(gold, margin) if margin and margin[0] is not None else None
+    auc = None if auc is None or auc != auc else auc  # NaN (one class only) stored as null
     metrics = {"accuracy": sum(int(p == y) for p, y in zip(preds, gold)) / len(gold),
                "macro_f1": macro_f1(preds, gold, len(task.label_words)), "auc": auc,
                "eval_loss": loss_sum / len(gold), "eval_time_s": dt, "eval_samples_per_s": len(gold) / dt if dt else None,
