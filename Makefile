@@ -89,7 +89,7 @@ resume: $(STAMP) ## resubmit exactly SWEEP's failed and missing runs to Slurm (n
 	$(RUN) resume $(SWEEP)
 
 bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch per run (~10 min on 2 cores); writes BENCHMARKS.md
-	OMP_WAIT_POLICY=PASSIVE $(RUN) bench
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run
 
 bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
-	OMP_WAIT_POLICY=PASSIVE $(RUN) bench --smoke
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run --smoke

@@ -1,4 +1,4 @@
-"""4. Merge: N one-row shards -> one table.  ``pipeline.merge.merge`` (footer checks, one DuckDB scan,
+"""4. Merge: N one-row shards -> one table.  ``pipeline.results.merge.merge`` (footer checks, one DuckDB scan,
 atomic write) vs the naive script (``pandas.read_parquet`` per file, ``concat``, ``to_parquet``),
 each in a fresh process (``benches/child.py``) so its peak RSS (VmHWM) is its own.
 
@@ -25,7 +25,7 @@ def _rows(n: int, tmp: Path, sizes: Sizes) -> list[dict]:
     import yaml
 
     from pipeline import plan as planmod
-    from pipeline.shards import provenance
+    from pipeline.results.shards import provenance
     from pipeline.spec import load
 
     seeds = max(2, -(-n // 500))  # the big spec's plan has 50 stage-1 and 450 stage-2 runs per seed
@@ -95,7 +95,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     how = (f"{large:,} one-row shards (~{len(rows[0])} columns, 10 % stage-1 schema) in a sweep folder; each tool in a "
            f"fresh process (benches/child.py), seconds of the work itself (imports excluded), "
            f"{plural(reps, 'repeat')} interleaved (the naive baseline alone takes minutes a repeat);"
-           f" merge = pipeline.merge.merge (footer check per shard, one DuckDB read_parquet "
+           f" merge = pipeline.results.merge.merge (footer check per shard, one DuckDB read_parquet "
            f"union_by_name, ordered atomic write); naive = pandas.read_parquet per file, concat, to_parquet")
     m_t, p_t = col("merge", large, "seconds"), col("pandas", large, "seconds")
     f1 = Figure("4a", f"merge {large:,} shards: time", "s", m_t, "pipeline merge", "pandas read + concat", p_t,

@@ -71,7 +71,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     s_proc = med(per_run_single) - med(work)  # start-up of one process (imports, host and data load)
     need = s_proc / (0.05 * med(work))
     try:
-        from pipeline.slurm_launch import MIN_TASK_S, TARGET_TASK_S
+        from pipeline.launch.layout import MIN_TASK_S, TARGET_TASK_S
 
         launcher = (f"; the Slurm launcher packs tasks of {MIN_TASK_S}–{TARGET_TASK_S} s of work, where this start-up "
                     f"is {s_proc / TARGET_TASK_S * 100:.0f}–{s_proc / MIN_TASK_S * 100:.0f} % of a task")

@@ -3,7 +3,7 @@
 Planning: load a spec of 100,000 runs (5 techniques x 2 directed host pairs x 5 datasets x 200
 seeds = 10,000 stage-1 runs, x 3 conditions x 3 regimes = 90,000 stage-2 runs) and build its plan.
 
-Status: that sweep submitted through the real launcher (``slurm_launch.submit_pending``) against
+Status: that sweep submitted through the real launcher (``pipeline.launch.slurm.submit_pending``) against
 stub Slurm commands that record each call and answer from prepared text (never a real Slurm), 90 %
 of the runs' shards present (empty files: status lists folders, it reads no shard), the rest
 pending/running/failed/timed out in the stub's squeue/sacct answers; then what ``pipeline status``
@@ -56,7 +56,7 @@ def _touch_all(folder: Path, names, suffix: str) -> None:
 def _slurm_answers(sweep, done: set[str]) -> tuple[str, str]:
     """squeue -r and sacct -X -P text for the recorded arrays: tasks whose runs are all done COMPLETED,
     the others cycling through pending / running / failed / timeout."""
-    from pipeline import status as st
+    from pipeline.launch import status as st
 
     squeue, sacct = [], []
     cycle = ["PENDING", "RUNNING", "FAILED", "TIMEOUT"]
@@ -98,7 +98,7 @@ def _run_id_time(planmod, spec) -> tuple[float, float]:
 
 def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     from pipeline import plan as planmod
-    from pipeline import status as st
+    from pipeline.launch import status as st
     from pipeline.spec import load
     from pipeline.sweep import Sweep
 
@@ -134,7 +134,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     with stub_slurm(tmp / "stub-slurm") as slurm:
         mode, status_s, calls = "slurm", [], []
         try:
-            from pipeline.slurm_launch import submit_pending
+            from pipeline.launch.slurm import submit_pending
 
             t0 = time.perf_counter()
             submit_pending(sweep, _console(), str(path), spec)
@@ -177,7 +177,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
         how = (f"status.snapshot + counts + print_status (what `pipeline status` does) over the {n_runs:,}-run sweep "
                f"with {sizes.done_fraction:.0%} of shards present (empty files) and their stage-1 modules, "
                f"{len(undone[::10]):,} error files; " + (
-                   f"the sweep submitted by slurm_launch.submit_pending to stub sbatch ({len(st.read_jobs(sweep))} "
+                   f"the sweep submitted by launch.slurm.submit_pending to stub sbatch ({len(st.read_jobs(sweep))} "
                    f"arrays in jobs.jsonl), stub squeue/sacct answering for every unfinished task "
                    f"({calls[-1][0]} squeue + {calls[-1][1]} sacct call per poll)" if mode == "slurm" else mode)
                + f"; {plural(sizes.repeats, 'repeat')}")
@@ -190,8 +190,10 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
 def scheduler(tmp: Path, slurm, log=print) -> list[Figure]:
     """5. sbatch calls to submit sweeps/paper.yaml and squeue/sacct calls of one status poll."""
     from pipeline import plan as planmod
-    from pipeline import status as st
-    from pipeline.slurm_launch import DEFAULT_MAX_ARRAY_SIZE, fresh_layout, submit_pending
+    from pipeline.launch import status as st
+    from pipeline.launch.layout import fresh_layout
+    from pipeline.launch.queue import DEFAULT_MAX_ARRAY_SIZE
+    from pipeline.launch.slurm import submit_pending
     from pipeline.spec import load
     from pipeline.sweep import Sweep
 
@@ -217,8 +219,8 @@ def scheduler(tmp: Path, slurm, log=print) -> list[Figure]:
     sq, sa = len(slurm.calls("squeue")), len(slurm.calls("sacct"))
     log(f"  paper.yaml: {n:,} runs -> {tasks} tasks in {len(layout)} arrays (dry-run layout); submission made "
         f"{sbatch} sbatch calls for {arrays} recorded arrays; a status poll made {sq} squeue + {sa} sacct calls")
-    how = (f"sweeps/paper.yaml ({n:,} runs) submitted by slurm_launch.submit_pending against stub Slurm commands that "
-           f"log their calls; the dry-run layout (slurm_launch.fresh_layout, MaxArraySize {DEFAULT_MAX_ARRAY_SIZE}) has "
+    how = (f"sweeps/paper.yaml ({n:,} runs) submitted by launch.slurm.submit_pending against stub Slurm commands that "
+           f"log their calls; the dry-run layout (launch.layout.fresh_layout, MaxArraySize {DEFAULT_MAX_ARRAY_SIZE}) has "
            f"{len(layout)} arrays of {tasks} packed tasks in all; baseline = one sbatch per run (a per-run job script)")
     f1 = Figure("5a", "sbatch calls to submit paper.yaml", "calls", [float(sbatch)], "pipeline sweep",
                 "one sbatch per run", [float(n)], [n / sbatch if sbatch else float("nan")], "x",

@@ -51,10 +51,10 @@ class Env:
 
 
 def setup(sizes: Sizes, tmp: Path) -> Env:
-    from pipeline import data
-    from pipeline.runner import HostCache, quiet
+    from pipeline.run import data
+    from pipeline.run.runner import HostCache, quiet
+    from pipeline.run.tasks import Task
     from pipeline.spec import Dataset, Training
-    from pipeline.tasks import Task
 
     quiet()
     hosts = HostCache(ROOT / "models")
@@ -71,13 +71,13 @@ def fresh_model(env: Env):
     """The run's initialisation exactly as runner.execute does it: host copy, seeded head, seeded LoRA."""
     import torch
 
-    from pipeline import techniques as T
+    from pipeline.run import techniques as RT
 
     torch.manual_seed(SEED)
     model = env.hosts.model(env.sizes.host, env.task)
     env.task.reset_head(model, SEED)
     torch.manual_seed(SEED)
-    return T.get(TECHNIQUE).build(model, env.task.kind, {})
+    return RT.build(TECHNIQUE, model, env.task.kind, {})
 
 
 def _window(marks: list[float], env: Env, n: int | None = None) -> float:
@@ -90,7 +90,7 @@ def _window(marks: list[float], env: Env, n: int | None = None) -> float:
 # ---------------------------------------------------------------- training contenders
 def train_pipeline(env: Env) -> tuple[float, float, list[float]]:
     """(samples/s over one epoch's worth of steps, samples/s over the bare loop's steps, per-step end times)."""
-    from pipeline.train import accelerator, train
+    from pipeline.run.train import accelerator, train
 
     marks: list[float] = []
     train(fresh_model(env), env.task, env.train.texts, env.train.labels, steps=env.cfg.steps, lr=LR, cfg=env.cfg,
@@ -99,10 +99,10 @@ def train_pipeline(env: Env) -> tuple[float, float, list[float]]:
 
 
 def train_bare(env: Env) -> tuple[float, list[float]]:
-    """The same batches (pipeline.train.batches + Task.collate) through a minimal torch loop."""
+    """The same batches (pipeline.run.train.batches + Task.collate) through a minimal torch loop."""
     import torch
 
-    from pipeline.train import batches
+    from pipeline.run.train import batches
 
     model = fresh_model(env)
     ids = env.task.encode(env.train.texts)
@@ -188,7 +188,7 @@ def train_trainer(env: Env, sampling: str, ds) -> float:
 
 # ---------------------------------------------------------------- evaluation contenders
 def eval_pipeline(env: Env, model, split) -> float:
-    from pipeline.train import accelerator, evaluate
+    from pipeline.run.train import accelerator, evaluate
 
     acc = accelerator("auto")
     t0 = time.perf_counter()
@@ -231,7 +231,7 @@ def padded_tokens(env: Env) -> dict[str, float]:
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from pipeline.train import batches
+    from pipeline.run.train import batches
 
     bs = env.sizes.batch
     lengths = [len(x) for x in env.task.encode(env.train.texts)]
@@ -269,7 +269,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     }
     names = list(train_fns)
     # warm-up: one untimed evaluation per contender on a slice (first-call allocations, lazy imports)
-    from pipeline.data import Split
+    from pipeline.run.data import Split
 
     k = min(len(env.eval), 2 * sizes.eval_batch)
     small = Split(env.eval.texts[:k], env.eval.labels[:k])
@@ -347,7 +347,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
 
 def explain(figs: list[Figure], pad: dict[str, float], sizes: Sizes) -> None:
     """Say by how much and why a target is missed (and, for 1a/1b, what padding allows at all)."""
-    from pipeline.train import MEGA
+    from pipeline.run.train import MEGA
 
     from .common import med
 

@@ -1,7 +1,7 @@
 """Work that a benchmark measures in a fresh process (real start-up, its own peak memory).
 
     python benches/child.py pack SWEEP_DIR RUN_ID[,RUN_ID...]   RunPack over the runs (one process)
-    python benches/child.py merge SWEEP_DIR                      pipeline.merge.merge
+    python benches/child.py merge SWEEP_DIR                      pipeline.results.merge.merge
     python benches/child.py pandas SWEEP_DIR OUT                 naive: pandas.read_parquet per shard + concat
 
 Prints one JSON line: seconds of the work itself, peak RSS before and after it.
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def rss_mb() -> float:
@@ -39,7 +38,7 @@ def main(argv: list[str]) -> None:
     what, root = argv[0], Path(argv[1])
     out: dict = {}
     if what == "pack":
-        from pipeline.job import RunPack
+        from pipeline.run.job import RunPack
 
         before = rss_mb()
         t0 = time.perf_counter()
@@ -48,7 +47,7 @@ def main(argv: list[str]) -> None:
     elif what == "merge":
         import duckdb
 
-        from pipeline.merge import merge
+        from pipeline.results.merge import merge
 
         real_connect = duckdb.connect
 

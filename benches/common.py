@@ -159,9 +159,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_child(args: list[str], timeout: float = 600, **env: str) -> tuple[float, str]:
-    """Run ``python benches/child.py ARGS`` in a fresh process; (wall seconds, stdout)."""
+    """Run ``python -m benches.child ARGS`` in a fresh process; (wall seconds, stdout)."""
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(ROOT / "benches" / "child.py"), *args], cwd=ROOT, env=child_env(**env),
+    p = subprocess.run([sys.executable, "-m", "benches.child", *args], cwd=ROOT, env=child_env(**env),
                        capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
@@ -294,9 +294,9 @@ def stub_slurm(folder: Path):
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{old_path}"
     os.environ["BENCH_STUB_DIR"] = str(folder)
     try:
-        from pipeline import slurm_launch
+        from pipeline.launch import queue
 
-        slurm_launch.max_array_size.cache_clear()
+        queue.max_array_size.cache_clear()
     except (ImportError, AttributeError):
         pass
     try:
@@ -308,8 +308,8 @@ def stub_slurm(folder: Path):
         else:
             os.environ["BENCH_STUB_DIR"] = old_dir
         try:
-            from pipeline import slurm_launch
+            from pipeline.launch import queue
 
-            slurm_launch.max_array_size.cache_clear()
+            queue.max_array_size.cache_clear()
         except (ImportError, AttributeError):
             pass

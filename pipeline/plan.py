@@ -25,17 +25,20 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from .spec import Spec, SpecError
+from .errors import SpecError
+from .spec import GRID_KEYS, Spec
 
 ID_LEN = 12
 EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depends on of further_training
 SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
-SPLIT_VERSION = 2  # data.SPLIT_VERSION (kept here so planning never imports the data stack)
+SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
+# The columns of plan.parquet (``Run.row``) besides the run's full config and settings (JSON).
+PLAN_COLUMNS = ("run_id", "stage", "technique", "origin_host", "receiving_host", "host_pair", "dataset", "variant",
+                "seed", "condition", "regime", "needs", "origin_run")
 
 
 def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
@@ -70,7 +73,7 @@ class Run:
     settings: dict[str, Any] = field(default_factory=dict)  # execution settings, not hashed
 
     def row(self) -> dict[str, Any]:
-        """Flat columns for plan files and shards."""
+        """Flat columns for plan files and shards: PLAN_COLUMNS, config_json, settings_json."""
         k = self.key
         return {
             "run_id": self.run_id,
@@ -113,8 +116,6 @@ class Plan:
 
 def variant_label(spec: Spec, technique: str, params: dict[str, Any]) -> str | None:
     """'lr=0.003 steps=100' for a point of a tuning grid (only the keys that vary); None otherwise."""
-    from .spec import GRID_KEYS
-
     given = spec.technique_params.get(technique, {})
     keys = [k for k in GRID_KEYS if isinstance(given.get(k), list)]
     return " ".join(f"{k}={params[k]:g}" for k in keys) or None
@@ -124,18 +125,19 @@ def _host_key(info: dict[str, Any]) -> dict[str, Any]:
     return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling")}
 
 
-def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]]) -> None:
+def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]], source: str) -> None:
     for i, (a, b) in enumerate(spec.host_pairs):
         pa, pb = hosts[a].get("pooling"), hosts[b].get("pooling")
         if "auto" not in (pa, pb) and pa != pb:
-            raise SpecError(f"host_pairs[{i}]: hosts {a!r} and {b!r} pool differently ({pa} vs {pb}); a ported "
+            raise SpecError(f"{source}: host_pairs[{i}]: hosts {a!r} and {b!r} pool differently ({pa} vs {pb}); a ported "
                             "head would read another vector -- set the same `pooling:` on both hosts")
 
 
-def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None) -> Plan:
-    """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given."""
+def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: str = "<spec>") -> Plan:
+    """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given.
+    ``source`` (the spec's file) starts the message of a SpecError."""
     hosts = hosts if hosts is not None else host_identities(spec)
-    _check_poolings(spec, hosts)
+    _check_poolings(spec, hosts, source)
     plan = Plan(spec, hosts=hosts)
     stage1: dict[tuple, Run] = {}
     ft = spec.further_training.model_dump()
@@ -179,3 +181,47 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None) -> Plan:
     if len(ids) != len(set(ids)):  # pragma: no cover - would need a hash collision
         raise RuntimeError("run id collision")
     return plan
+
+
+def ensure_hosts(spec: Spec) -> None:
+    """Build the embedded hosts the spec uses that are not built yet (before workers start or jobs are
+    submitted: one build, with progress, and run ids that carry the built hosts' fingerprints)."""
+    from .hosts import resolve_host
+
+    for h in spec.hosts:
+        if h.model.startswith("embedded:"):
+            resolve_host(h.model, Path(spec.models_dir))
+
+
+# ---------------------------------------------------------------- the dry run's tables
+SHOWN = ("run_id", "stage", "technique", "host_pair", "dataset", "seed", "condition", "regime", "needs")  # of PLAN_COLUMNS
+
+
+def print_plan(console, spec: Spec, plan: Plan, sweep, rows: int = 8) -> None:
+    """The axes of the spec and the first ``rows`` runs of each stage (``pipeline plan``)."""
+    from rich.table import Table
+
+    console.print(f"[bold]{spec.name}[/bold] (spec {spec.digest()}): "
+                  f"{len(plan.stage1)} stage-1 runs (origin training) + {len(plan.stage2)} stage-2 runs "
+                  f"(receiving host) = {len(plan.runs)}")
+    axes = Table(title="axes", show_header=True)
+    axes.add_column("axis")
+    axes.add_column("values")
+    axes.add_row("techniques", ", ".join(spec.techniques))
+    axes.add_row("host pairs", ", ".join(f"{a}->{b}" for a, b in spec.directed_pairs()))
+    axes.add_row("datasets", ", ".join(d.name for d in spec.datasets))
+    axes.add_row("conditions", ", ".join(spec.conditions))
+    axes.add_row("regimes", ", ".join("zero-shot" if r == 0 else f"{r} steps" for r in spec.regimes))
+    axes.add_row("seeds", ", ".join(map(str, spec.seeds)))
+    console.print(axes)
+    for stage, runs in ((1, plan.stage1), (2, plan.stage2)):
+        t = Table(title=f"stage {stage}: first {min(rows, len(runs))} of {len(runs)} runs")
+        for c in SHOWN:
+            t.add_column(c)
+        for r in runs[:rows]:
+            row = r.row()
+            t.add_row(*["" if row[c] is None else str(row[c]) for c in SHOWN])
+        console.print(t)
+    done = sweep.done_ids() if sweep.root.exists() else set()
+    console.print(f"results go to {sweep.root}/ (shards/, modules/, results.parquet); "
+                  f"{len(done & {r.run_id for r in plan.runs})} of {len(plan.runs)} runs already have a shard")

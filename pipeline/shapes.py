@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .spec import SpecError
+from .errors import SpecError
 
 SHAPE_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "num_layers", "num_decoder_layers",
               "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size")

@@ -2,6 +2,11 @@
 
 Every error becomes one line that names the file, the field path and what is
 allowed, e.g. ``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.
+Everything a run would reject is rejected here, at plan time: technique
+hyperparameters are checked by name and type against each technique's
+declaration (``pipeline.techniques``, no torch), a file that is not UTF-8 or
+repeats a key is refused (YAML would silently keep the last value), and so is
+more than one GPU per run.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONDITIONS = ("ported", "scratch", "sampled", "head-only")
-POOLINGS = ("auto", "mean", "cls", "pooler")
-GRID_KEYS = ("lr", "steps")  # technique params that may be lists (one set of runs per value)
+from . import techniques
+from .errors import SpecError
+from .techniques.base import TASKS, TRAINING_KEYS
+
+CONDITIONS = ("ported", "scratch", "sampled", "head-only")  # the study's conditions, in display order
+POOLINGS = ("mean", "cls", "pooler")  # how a classification host pools (pipeline.run.pooling); "auto" picks one
+GRID_KEYS = TRAINING_KEYS  # technique params that may be lists (one set of runs per value)
 ZERO_SHOT = "zero-shot"
-
-
-class SpecError(ValueError):
-    """A bad spec; str() is the one-line message for the user."""
+MAX_GPUS = 1  # per run: one process, one device (more GPUs = more runs at once, not more per run)
 
 
 class _Strict(BaseModel):
@@ -32,10 +38,10 @@ class _Strict(BaseModel):
 class Host(_Strict):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1, description="hub name, local folder, or embedded:NAME")
-    task: Literal["classification", "text-to-text"] = "classification"
-    # How a classification host turns token states into the vector its head reads (see pooling.py).
+    task: Literal[TASKS] = "classification"
+    # How a classification host turns token states into the vector its head reads (see run/pooling.py).
     # auto: the host's own sentence-transformers pooling when it has one (1_Pooling/config.json), else cls.
-    pooling: Literal["auto", "mean", "cls", "pooler"] = "auto"
+    pooling: Literal[("auto", *POOLINGS)] = "auto"
 
 
 class Dataset(_Strict):
@@ -78,7 +84,7 @@ class Resources(_Strict):
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    gpus: int = Field(default=0, ge=0)
+    gpus: int = Field(default=0, ge=0, description="0 or 1: a run uses at most one GPU")
     cpus: int = Field(default=2, gt=0)
     mem_gb: float = Field(default=8, gt=0)
     time_min: int = Field(default=60, gt=0)
@@ -86,6 +92,14 @@ class Resources(_Strict):
     array_parallelism: int = Field(default=64, gt=0)
     pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
     extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options")
+
+    @field_validator("gpus")
+    @classmethod
+    def _one_gpu(cls, v: int) -> int:
+        if v > MAX_GPUS:
+            raise ValueError(f"multi-GPU per run is not supported: a run uses at most {MAX_GPUS} GPU; to use more "
+                             "GPUs run more runs at once (job arrays: array_parallelism, pack_size)")
+        return v
 
 
 class Stages(_Strict):
@@ -103,7 +117,7 @@ class Spec(_Strict):
     datasets: list[Dataset] = Field(min_length=1)
     techniques: list[str] = Field(min_length=1)
     technique_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    conditions: list[Literal["ported", "scratch", "sampled", "head-only"]] = Field(min_length=1)
+    conditions: list[Literal[CONDITIONS]] = Field(min_length=1)
     regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
     seeds: list[int] = Field(min_length=1)
     port_head: bool = True
@@ -114,8 +128,6 @@ class Spec(_Strict):
     @field_validator("techniques")
     @classmethod
     def _known_techniques(cls, v: list[str]) -> list[str]:
-        from . import techniques
-
         for i, t in enumerate(v):
             if t not in techniques.REGISTRY:
                 raise _ItemError(i, f"unknown technique {t!r}{_did_you_mean(t, techniques.known())} "
@@ -158,12 +170,16 @@ class Spec(_Strict):
         for i, n in enumerate(ds):
             if ds.index(n) != i:
                 raise _PathError(f"datasets[{i}].name", f"duplicate dataset name {n!r}")
-        from . import techniques
-
         for t, params in self.technique_params.items():
             if t not in techniques.REGISTRY:
-                raise _PathError(f"technique_params.{t}", f"unknown technique{_did_you_mean(t, techniques.known())} "
+                raise _PathError(_format_loc(("technique_params", t)),
+                                 f"unknown technique{_did_you_mean(t, techniques.known())} "
                                  f"(known: {', '.join(techniques.known())})")
+            declared = techniques.get(t)
+            for k, v in params.items():
+                problem = declared.check(k, v)
+                if problem:
+                    raise _PathError(_format_loc(("technique_params", t, k)), problem)
             for k in GRID_KEYS:
                 v = params.get(k)
                 vals = v if isinstance(v, list) else [v]
@@ -190,8 +206,6 @@ class Spec(_Strict):
         return pairs
 
     def params_for(self, technique: str) -> dict[str, Any]:
-        from . import techniques
-
         return {**techniques.get(technique).defaults, **self.technique_params.get(technique, {})}
 
     def variants_for(self, technique: str) -> list[dict[str, Any]]:
@@ -264,7 +278,11 @@ def _format_loc(loc) -> str:
 
 def _first_error(e: ValidationError) -> str:
     err = e.errors(include_url=False)[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    # pydantic adds its own tags to a location ('function-after[...]', 'list[...]'); a key the user wrote
+    # (the last part of an unknown-key error) stays, whatever characters it holds
+    *parents, last = err["loc"] or ("",)
+    tag = lambda p: isinstance(p, str) and ("[" in p or p.startswith("function-"))
+    loc = tuple(p for p in parents if not tag(p)) + (() if tag(last) and err["type"] != "extra_forbidden" else (last,))
     ctx = err.get("ctx") or {}
     exc = ctx.get("error")
     if isinstance(exc, _PathError):
@@ -294,18 +312,61 @@ def parse(data: Any, source: str = "<spec>") -> Spec:
         raise SpecError(f"{source}: {_first_error(e)}") from None
 
 
-def load(path: str | Path) -> Spec:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (plain YAML keeps the last value)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges are YAML's own way to combine mappings
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first.get(key)
+        except TypeError:  # an unhashable key: construct_mapping gives YAML's own error
+            continue
+        if seen is not None:
+            raise _DuplicateKey(key, key_node.start_mark.line + 1, seen)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; SpecError (one line naming the file) when it cannot be read, is not
+    UTF-8, is not valid YAML or repeats a key in one mapping."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"{p}: no such spec file") from None
     except OSError as e:
         raise SpecError(f"{p}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise SpecError(f"{p}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "save the spec as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise SpecError(f"{p}: line {e.line}: duplicate key {e.key!r} (first on line {e.first}); "
+                        "YAML would keep only the last value") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise SpecError(f"{p}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
-    return parse(data, str(p))
+
+
+def load(path: str | Path) -> Spec:
+    return parse(read_yaml(path), str(path))

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,7 +28,8 @@ import yaml
 
 from . import plan as planmod
 from . import spec as specmod
-from .shards import code_version
+from .errors import UsageError
+from .files import atomic_path, atomic_write
 
 
 @dataclass
@@ -37,6 +39,16 @@ class Sweep:
     @classmethod
     def for_spec(cls, spec: specmod.Spec) -> "Sweep":
         return cls(Path(spec.output_dir))
+
+    @classmethod
+    def of(cls, target: str | Path) -> "Sweep":
+        """The sweep a command's TARGET names: a sweep folder, or a spec file (its ``output_dir``)."""
+        p = Path(target)
+        if p.is_dir():
+            if not (p / "plan.parquet").exists():
+                raise UsageError(f"{p}: not a sweep folder (no plan.parquet); pass a spec or run the sweep first")
+            return cls(p)
+        return cls.for_spec(specmod.load(p))
 
     # -- paths -------------------------------------------------------------------
     @property
@@ -66,21 +78,20 @@ class Sweep:
     def write(self, spec: specmod.Spec, plan: planmod.Plan) -> None:
         """Record the spec and its plan (idempotent: an existing plan must match)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.root / "hosts.json", json.dumps(hosts_record(plan.hosts), indent=1, sort_keys=True))
+        atomic_write(self.root / "hosts.json", json.dumps(hosts_record(plan.hosts), indent=1, sort_keys=True))
         table = plan_table(plan)
         if (self.root / "plan.parquet").exists():
             old = set(pq.read_table(self.root / "plan.parquet", columns=["run_id"]).column("run_id").to_pylist())
             new = set(table.column("run_id").to_pylist())
             if old == new:
                 return
-        _atomic_text(self.root / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        _atomic_text(self.root / "sweep.json", json.dumps({
+        atomic_write(self.root / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        atomic_write(self.root / "sweep.json", json.dumps({
             "name": spec.name, "spec_hash": spec.digest(), "code_version": code_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "runs": {"stage1": len(plan.stage1), "stage2": len(plan.stage2)}}, indent=1))
-        tmp = self.root / f".plan.parquet.tmp{os.getpid()}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.root / "plan.parquet")
+        with atomic_path(self.root / "plan.parquet") as tmp:
+            pq.write_table(table, tmp)
 
     @cached_property
     def spec(self) -> specmod.Spec:
@@ -90,7 +101,7 @@ class Sweep:
     def plan_rows(self) -> dict[str, dict]:
         path = self.root / "plan.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"{self.root}: no plan.parquet (not a sweep folder; run `pipeline sweep` first)")
+            raise UsageError(f"{self.root}: no plan.parquet (not a sweep folder; run `pipeline sweep` first)")
         return {r["run_id"]: r for r in pq.read_table(path).to_pylist()}
 
     def done_ids(self) -> set[str]:
@@ -119,7 +130,15 @@ def plan_table(plan: planmod.Plan) -> pa.Table:
     return pa.Table.from_pylist([r.row() for r in plan.runs])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of the pipeline's code ('+dirty' when pipeline/ has uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "pipeline"], cwd=here, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

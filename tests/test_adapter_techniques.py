@@ -15,7 +15,9 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from pipeline.techniques import REGISTRY, adapter, base, compacter
+from pipeline.run import techniques as RT
+from pipeline.run.techniques import adapter, compacter
+from pipeline.techniques import REGISTRY, base
 
 CLS, T2T = base.CLASSIFICATION, base.TEXT_TO_TEXT
 
@@ -66,7 +68,7 @@ def task_of(kind):
 def attach(technique, model, kind, placement, seed=0):
     torch.manual_seed(seed)
     params = {**PARAMS[technique], "placement": placement}
-    return REGISTRY[technique].build(model, task_of(kind), params)
+    return RT.build(technique, model, task_of(kind), params)
 
 
 def batch(kind, seed=123):
@@ -180,13 +182,13 @@ def test_port_by_name_is_bit_exact(host_dirs, technique, kind, placement):
     with torch.no_grad():
         for p in trainable(src).values():
             p.add_(torch.randn_like(p) * 0.1)
-    src_state = base.module_state(src)
+    src_state = RT.module_state(src)
     assert set(src_state) == set(trainable(dst))  # same names on a host of the same shape
     assert any(not torch.equal(src_state[n], p) for n, p in trainable(dst).items())
     with torch.no_grad():
         for n, p in trainable(dst).items():
             p.copy_(src_state[n])
-    dst_state = base.module_state(dst)
+    dst_state = RT.module_state(dst)
     assert all(torch.equal(src_state[n], dst_state[n]) for n in src_state)
     # the ported adapters compute the same function (compacter: through the ported shared rule)
     src_mods = {n: m for n, m in src.named_modules() if isinstance(m, adapter.ResidualAdapter)}
@@ -245,7 +247,7 @@ def sizes(host_dirs):
     """sizes(technique, params): trainable parameters of the module alone (head excluded) on the tiny BERT."""
 
     def size(technique, params):
-        m = REGISTRY[technique].build(load(host_dirs, "bert"), CLS, params)
+        m = RT.build(technique, load(host_dirs, "bert"), CLS, params)
         return sum(p.numel() for n, p in m.named_parameters() if p.requires_grad and not base.is_head_param(n))
 
     return size
@@ -268,7 +270,7 @@ def test_compacter_much_smaller_at_minilm_shape():
     host = BertForSequenceClassification(cfg)
 
     def size(technique, params):
-        m = REGISTRY[technique].build(copy.deepcopy(host), CLS, params)
+        m = RT.build(technique, copy.deepcopy(host), CLS, params)
         return sum(p.numel() for n, p in m.named_parameters() if p.requires_grad and not base.is_head_param(n))
 
     for rf in (16, 32):
@@ -291,16 +293,16 @@ def test_compacter_much_smaller_at_minilm_shape():
 )
 def test_bad_params(host_dirs, technique, params, match):
     with pytest.raises((ValueError, KeyError), match=match):
-        REGISTRY[technique].build(load(host_dirs, "bert"), CLS, params)
+        RT.build(technique, load(host_dirs, "bert"), CLS, params)
 
 
 def test_errors(host_dirs):
     with pytest.raises(ValueError, match="task"):
-        REGISTRY["bottleneck"].build(load(host_dirs, "bert"), "regression", {})
+        RT.build("bottleneck", load(host_dirs, "bert"), "regression", {})
     for technique in ("bottleneck", "compacter"):
         model = attach(technique, load(host_dirs, "bert"), "bert", "pfeiffer")
         with pytest.raises(ValueError, match="twice"):
             attach(technique, model, "bert", "pfeiffer")
     # a text-to-text host has no classification head to train
     with pytest.raises(ValueError, match="head"):
-        REGISTRY["bottleneck"].build(load(host_dirs, "t5"), CLS, {})
+        RT.build("bottleneck", load(host_dirs, "t5"), CLS, {})

@@ -1,7 +1,7 @@
 """`make bench-smoke` inside the test suite: every bench runs at toy sizes and renders, so the benches cannot rot.
 
 Nothing here judges speed: the smoke run itself only checks that each figure is a finite positive number and
-that the table and the markdown render (benches/run.py); BENCHMARKS.md at the repo root is left alone.
+that the table and the markdown render (``python -m benches.run``); BENCHMARKS.md at the repo root is left alone.
 """
 
 import subprocess
@@ -16,7 +16,7 @@ def test_bench_smoke(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     real = ROOT / "BENCHMARKS.md"
     before = real.read_bytes() if real.exists() else None
-    p = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--smoke", "--out", str(out)], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "benches.run", "--smoke", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, f"bench --smoke failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     md = out.read_text()
@@ -29,6 +29,6 @@ def test_bench_smoke(tmp_path):
 
 
 def test_bench_rejects_bad_repeats():
-    p = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--smoke", "--repeats", "0"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "benches.run", "--smoke", "--repeats", "0"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "repeats" in p.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import data
+from pipeline.run import data
 from pipeline.spec import Dataset
 
 
@@ -47,7 +47,7 @@ def test_splits_are_deterministic(rt_splits):
 def test_head_has_its_own_parameter_group():
     import torch
 
-    from pipeline.train import param_groups
+    from pipeline.run.train import param_groups
 
     model = torch.nn.ModuleDict({"lora_A": torch.nn.Linear(4, 2), "classifier": torch.nn.Linear(2, 2),
                                  "frozen": torch.nn.Linear(2, 2)})

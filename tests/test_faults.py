@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import plan as P
-from pipeline import shards
 from pipeline import spec as S
+from pipeline.results import shards
 from pipeline.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_stage2_with_corrupt_module_fails_clearly_then_recovers(tiny_spec, write
     mod.write_bytes(mod.read_bytes()[:100])  # truncated
     sweep.shard(s2.run_id).unlink()
 
-    from pipeline.job import PackFailed, RunPack
+    from pipeline.run.job import PackFailed, RunPack
 
     with pytest.raises(PackFailed, match="fails its checksum"):
         RunPack(str(sweep.root), [s2.run_id])()
@@ -134,7 +134,7 @@ def test_two_packs_with_the_same_runs_never_run_one_twice(tiny_spec, write_spec,
     plan = P.build(spec)
     sweep.write(spec, plan)
     ids = [r.run_id for r in plan.stage1]
-    code = ("import json, sys; from pipeline.job import RunPack; "
+    code = ("import json, sys; from pipeline.run.job import RunPack; "
             f"print('RESULT', json.dumps(RunPack({str(sweep.root)!r}, {ids!r}, 1)()))")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cost, multigpu
+from pipeline import cost
 from pipeline import plan as P
 from pipeline import spec as S
 
@@ -120,32 +120,3 @@ def test_cost_never_builds_a_host(tmp_path):
     assert n == cost.KNOWN_PARAMS["embedded:tiny-t5-a"] and src == "built-in table"
     assert not any(tmp_path.iterdir())
     assert cost.host_params("someone/unknown-model", tmp_path) == (None, cost.host_params("x/y", tmp_path)[1])
-
-
-# ---------------------------------------------------------------- multi-GPU
-
-
-def test_accelerate_config_is_multi_gpu_bf16():
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    cfg = load_config_from_file(str(multigpu.CONFIG))
-    assert str(cfg.distributed_type) in ("MULTI_GPU", "DistributedType.MULTI_GPU")
-    assert cfg.mixed_precision == "bf16" and cfg.num_machines == 1 and not cfg.use_cpu
-
-
-def test_accelerate_command():
-    assert multigpu.accelerate_command(1, python="py") == ["py", "-u", "-m", "submitit.core._submit"]
-    cmd = multigpu.accelerate_command(4, ["-m", "submitit.core._submit", "/f"], python="py",
-                                      env={"SLURM_JOB_ID": "123456"})
-    assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--config_file") + 1] == str(multigpu.CONFIG) and multigpu.CONFIG.exists()
-    assert cmd[cmd.index("--num_processes") + 1] == "4"
-    assert cmd[cmd.index("--main_process_port") + 1] == str(20000 + 123456 % 20000)
-    assert cmd[-3:] == ["-m", "submitit.core._submit", "/f"]
-    # the shim submitit calls as `{python} -u -m submitit.core._submit FOLDER`
-    shim = multigpu.shim_command(["--gpus", "2", "-u", "-m", "submitit.core._submit", "/f"], env={})
-    assert "-u" not in shim and shim[-3:] == ["-m", "submitit.core._submit", "/f"] and "2" in shim
-    assert multigpu.shim_command(["-u", "-m", "x"], env={"SLURM_GPUS_ON_NODE": "8"})[
-        multigpu.shim_command(["-m", "x"], env={"SLURM_GPUS_ON_NODE": "8"}).index("--num_processes") + 1] == "8"
-    assert multigpu.python_for_submitit(2, python="py") == "py -m pipeline.multigpu --gpus 2"
-    assert multigpu.python_for_submitit(1, python="py") == "py"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from pipeline import pooling
-from pipeline import techniques as T
+from pipeline.run import pooling
+from pipeline.run import techniques as RT
 from pipeline.techniques.base import CLASSIFICATION
 
 
@@ -38,7 +38,7 @@ def _pooled_and_positions(model, ids, mask):
 @pytest.mark.parametrize("technique", ["prefix", "prompt", "lora"])
 def test_real_tokens_keep_positions_0_to_n(technique):
     ids, mask = _batch()
-    model = T.get(technique).build(_host("mean"), CLASSIFICATION, {"num_virtual_tokens": 4} if technique != "lora" else {})
+    model = RT.build(technique, _host("mean"), CLASSIFICATION, {"num_virtual_tokens": 4} if technique != "lora" else {})
     _, pos = _pooled_and_positions(model, ids, mask)
     n = ids.shape[1]
     real = pos[0, -n:].tolist()
@@ -62,7 +62,7 @@ def test_without_the_hook_prefix_would_shift_positions():
 def test_virtual_tokens_never_enter_the_mean_pool(technique):
     """At initialisation-independent level: the pool covers exactly the real, unpadded tokens."""
     ids, mask = _batch()
-    model = T.get(technique).build(_host("mean"), CLASSIFICATION, {"num_virtual_tokens": 4})
+    model = RT.build(technique, _host("mean"), CLASSIFICATION, {"num_virtual_tokens": 4})
     enc = pooling.encoder_of(model.base_model)
     hidden = {}
     enc.encoder.register_forward_hook(lambda m, a, out: hidden.__setitem__("h", out.last_hidden_state.detach()))
@@ -75,7 +75,7 @@ def test_virtual_tokens_never_enter_the_mean_pool(technique):
 def test_cls_and_pooler_modes_read_the_first_real_token():
     ids, mask = _batch()
     for mode in ("cls", "pooler"):
-        model = T.get("prompt").build(_host(mode), CLASSIFICATION, {"num_virtual_tokens": 3})
+        model = RT.build("prompt", _host(mode), CLASSIFICATION, {"num_virtual_tokens": 3})
         enc = pooling.encoder_of(model.base_model)
         hidden = {}
         enc.encoder.register_forward_hook(lambda m, a, out: hidden.__setitem__("h", out.last_hidden_state.detach()))

@@ -4,9 +4,10 @@ sampled modules follow each ported tensor's own mean and std; module files are c
 import pytest
 import torch
 
-from pipeline import port
 from pipeline import techniques as T
 from pipeline.hosts import resolve_host
+from pipeline.run import port
+from pipeline.run import techniques as RT
 
 PARAMS = {"compacter": {"reduction_factor": 16}}
 
@@ -16,7 +17,7 @@ def attached(models_dir, host, technique, seed):
 
     torch.manual_seed(seed)
     m = AutoModelForSequenceClassification.from_pretrained(resolve_host(f"embedded:{host}", models_dir), num_labels=2)
-    return T.get(technique).build(m, "classification", PARAMS.get(technique))
+    return RT.build(technique, m, "classification", PARAMS.get(technique))
 
 
 def train_a_little(model):
@@ -33,15 +34,15 @@ def train_a_little(model):
 def test_port_is_bit_exact_and_changes_the_receiving_model(models_dir, technique):
     origin = attached(models_dir, "tiny-bert-a", technique, 0)
     train_a_little(origin)
-    state = T.module_state(origin)
+    state = RT.module_state(origin)
     assert state and all(t.dtype.is_floating_point for t in state.values())
     receiver = attached(models_dir, "tiny-bert-b", technique, 1)
-    fresh = T.module_state(receiver)
+    fresh = RT.module_state(receiver)
     assert set(fresh) == set(state)
     assert any(not torch.equal(fresh[n], state[n]) for n in state)
     info = port.load_into(receiver, state, include_head=True)
     assert info["port_exact"] and info["ported_tensors"] == len(state)
-    after = T.module_state(receiver)
+    after = RT.module_state(receiver)
     assert all(torch.equal(after[n], state[n]) for n in state)
     # host weights are untouched by a port
     hb = dict(attached(models_dir, "tiny-bert-b", technique, 1).named_parameters())
@@ -54,12 +55,12 @@ def test_port_is_bit_exact_and_changes_the_receiving_model(models_dir, technique
 def test_port_without_head_keeps_fresh_head(models_dir, technique):
     origin = attached(models_dir, "tiny-bert-a", technique, 0)
     train_a_little(origin)
-    state = {n: t for n, t in T.module_state(origin).items() if not T.is_head_param(n)}
+    state = {n: t for n, t in RT.module_state(origin).items() if not T.is_head_param(n)}
     receiver = attached(models_dir, "tiny-bert-b", technique, 1)
-    head_before = {n: t for n, t in T.module_state(receiver).items() if T.is_head_param(n)}
+    head_before = {n: t for n, t in RT.module_state(receiver).items() if T.is_head_param(n)}
     assert head_before, "classification hosts train their head"
     port.load_into(receiver, state, include_head=False)
-    after = T.module_state(receiver)
+    after = RT.module_state(receiver)
     assert all(torch.equal(after[n], t) for n, t in head_before.items())
     assert all(torch.equal(after[n], t) for n, t in state.items())
 
@@ -102,7 +103,7 @@ def test_module_files_are_checksummed(tmp_path):
 
 def test_port_refuses_a_module_of_another_shape(models_dir):
     origin = attached(models_dir, "tiny-bert-a", "lora", 0)
-    state = T.module_state(origin)
+    state = RT.module_state(origin)
     name = next(iter(n for n in state if "lora_A" in n))
     state[name] = torch.zeros(3, 3)
     receiver = attached(models_dir, "tiny-bert-b", "lora", 1)

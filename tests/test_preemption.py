@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import plan as planmod
-from pipeline import runner
+from pipeline.run import runner
+from pipeline.run.train import Stop
 from pipeline.spec import load
 from pipeline.sweep import Sweep
-from pipeline.train import Stop
 from tests import test_slurm as ts
 
 ROOT = Path(__file__).resolve().parent.parent

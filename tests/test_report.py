@@ -1,7 +1,7 @@
-"""Tests for pipeline.report on synthetic sweeps: plan.parquet + results.parquet built directly (no training).
+"""Tests for pipeline.results.report on synthetic sweeps: plan.parquet + results.parquet built directly (no training).
 
 The synthetic sweep mirrors the columns of a real one (see pipeline.plan.Run.row and
-pipeline.runner.execute); its accuracies carry a known effect: ported = scratch + EFFECT
+pipeline.run.runner.execute); its accuracies carry a known effect: ported = scratch + EFFECT
 at zero-shot, shrinking with the budget, sampled halfway between, head-only (when asked
 for) a quarter of the way.  ``make_sweep(..., preds=...)`` also writes per-example
 predictions consistent with each run's accuracy, ``new_columns=True`` the newer shard
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report, stats
+from pipeline.results import figures, report, stats, tables
 
 EFFECT = 0.08
 N_EVAL = 200  # eval examples of the synthetic dataset
@@ -113,7 +113,7 @@ def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b
         (root / "hosts.json").write_text(json.dumps(hosts))
     done = {r["run_id"] for r in results}
     if preds == "files":
-        from pipeline import shards
+        from pipeline.results import shards
 
         (root / "preds").mkdir(parents=True, exist_ok=True)
         for row in results:
@@ -128,7 +128,7 @@ def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b
 
 @pytest.fixture(autouse=True)
 def _low_dpi(monkeypatch):
-    monkeypatch.setattr(report, "DPI", 30)  # same drawing code, a fraction of the rasterising time
+    monkeypatch.setattr(figures, "DPI", 30)  # same drawing code, a fraction of the rasterising time
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_cell_table_counts_runs_and_marks_missing(tmp_path):
                       and p["regime"] == 50 and p["host_pair"] == "b->a")
     info = make_sweep(root, drop=lambda p: gone(p) or none(p))
     d = report.load(root)
-    cells = report.cell_table(d.stage(2), ["host_pair", "dataset", "technique", "condition", "regime"])
+    cells = tables.cell_table(d.stage(2), ["host_pair", "dataset", "technique", "condition", "regime"])
     assert len(cells) == 2 * 2 * 3 * 2  # every planned cell is there, finished or not
     assert (cells["planned"] == 3).all()
     c = cells.set_index(["host_pair", "technique", "condition", "regime"])
@@ -163,18 +163,18 @@ def test_cell_table_counts_runs_and_marks_missing(tmp_path):
     res = pd.DataFrame(info["results"]).set_index("run_id")
     assert full["accuracy_mean"] == pytest.approx(res.loc[full["run_ids"].split(";"), "accuracy"].mean())
     # formatting marks missing runs
-    header, rows = report.pivot_stage2(cells, "accuracy", "a->b", "rt")
+    header, rows = tables.pivot_stage2(cells, "accuracy", "a->b", "rt")
     lora = next(r for r in rows if r[0] == "lora")
     assert lora[header.index("zero-shot: ported")].endswith("(2/3)†")
     assert lora[header.index("zero-shot: scratch")].endswith("(3)")
-    header, rows = report.pivot_stage2(cells, "accuracy", "b->a", "rt")
+    header, rows = tables.pivot_stage2(cells, "accuracy", "b->a", "rt")
     assert next(r for r in rows if r[0] == "prefix")[header.index("50 steps: sampled")] == "— (0/3)†"
 
 
 def test_fmt_cell():
-    assert report.fmt_cell(0.8123, 0.8, 0.8246, 3, 3) == "0.812 ± 0.012 (3)"
-    assert report.fmt_cell(0.8, float("nan"), float("nan"), 1, 3) == "0.800 (1/3)†"
-    assert report.fmt_cell(float("nan"), float("nan"), float("nan"), 0, 2) == "— (0/2)†"
+    assert tables.fmt_cell(0.8123, 0.8, 0.8246, 3, 3) == "0.812 ± 0.012 (3)"
+    assert tables.fmt_cell(0.8, float("nan"), float("nan"), 1, 3) == "0.800 (1/3)†"
+    assert tables.fmt_cell(float("nan"), float("nan"), float("nan"), 0, 2) == "— (0/2)†"
 
 
 def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
@@ -292,20 +292,20 @@ def test_orphan_results_are_counted_not_used(sweep, tmp_path):
 def test_trace_query_returns_the_cells_runs(tmp_path):
     root = tmp_path / "s"
     info = make_sweep(root, drop=lambda p: p["stage"] == 2 and p["seed"] == 2)
-    cells = report.cell_table(report.load(root).stage(2), ["host_pair", "dataset", "technique", "condition",
+    cells = tables.cell_table(report.load(root).stage(2), ["host_pair", "dataset", "technique", "condition",
                                                           "regime"])
     cell = cells.iloc[0]
-    rows = duckdb.sql(report.trace_sql(root, cell)).fetchall()  # run_id, seed, accuracy, macro_f1, ...
+    rows = duckdb.sql(tables.trace_sql(root, cell)).fetchall()  # run_id, seed, accuracy, macro_f1, ...
     assert [r[1] for r in rows] == [0, 1, 2] and len(rows) == cell["planned"]
     assert {r[0] for r in rows if r[2] is not None} == set(cell["run_ids"].split(";"))
     assert [r[0] for r in rows if r[2] is None] == [cell["missing_run_ids"]]  # seed 2: planned, no result
     acc = {r["run_id"]: r["accuracy"] for r in info["results"]}
     assert all(r[2] == pytest.approx(acc[r[0]]) for r in rows if r[2] is not None)
-    assert report.TRACE_SQL.split("FROM")[0] in report.__doc__  # the docstring shows the same query
+    assert tables.TRACE_SQL.split("FROM")[0] in report.__doc__  # the docstring shows the same query
 
 
 def test_merges_first_when_results_are_stale(tmp_path):
-    from pipeline import shards
+    from pipeline.results import shards
 
     root = tmp_path / "s"
     info = make_sweep(root, write_results=False, techniques=("lora",), pairs=(("a", "b"),), seeds=(0, 1))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_report import EFFECT, N_EVAL, POS_SHARE, make_sweep
 
-from pipeline import merge, report, shards
+from pipeline.results import figures, merge, report, shards, tables
 
 HOSTS = {
     "a": {"model": "embedded:all-minilm-l6-v2", "path": "/models/a", "fingerprint": "0123456789abcdef0123",
@@ -31,7 +31,7 @@ HOSTS = {
 
 @pytest.fixture(autouse=True)
 def _low_dpi(monkeypatch):
-    monkeypatch.setattr(report, "DPI", 30)
+    monkeypatch.setattr(figures, "DPI", 30)
 
 
 def _row(rid, **kw):
@@ -176,7 +176,7 @@ def test_report_with_predictions_head_only_and_hosts(full_sweep, tmp_path):
     assert (pairs["n_examples"] == N_EVAL).all() and len(pairs) == 3 * 2 * 2 * 2 * 5
 
     # head-only: its colour, its heatmap, its retention
-    assert report.COLORS["head-only"] == "#CC79A7"
+    assert figures.COLORS["head-only"] == "#CC79A7"
     assert {f.name for f in r.figures} == {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
                                            "heatmap_ported_minus_sampled.png", "heatmap_ported_minus_head-only.png"}
     ret = pd.read_csv(r.out / "tables" / "retention.csv")
@@ -219,12 +219,12 @@ def test_report_with_predictions_head_only_and_hosts(full_sweep, tmp_path):
 def test_trace_sql_quotes_every_literal(tmp_path):
     root = tmp_path / "it's here"
     make_sweep(root, techniques=("lo'ra",), pairs=(("a", "b"),), seeds=(0, 1))
-    cells = report.cell_table(report.load(root).stage(2), ["host_pair", "dataset", "technique", "condition", "regime"])
+    cells = tables.cell_table(report.load(root).stage(2), ["host_pair", "dataset", "technique", "condition", "regime"])
     cell = cells.iloc[0]
-    sql = report.trace_sql(root, cell)
+    sql = tables.trace_sql(root, cell)
     assert "it''s here/plan.parquet'" in sql and "'lo''ra'" in sql
     assert {x[0] for x in duckdb.sql(sql).fetchall()} == set(cell["run_ids"].split(";"))
-    assert report.sql_literal("a'b''c") == "'a''b''''c'"
+    assert tables.sql_literal("a'b''c") == "'a''b''''c'"
 
 
 def test_report_without_predictions_falls_back_and_says_so(tmp_path):
@@ -285,7 +285,7 @@ def test_needs_merge_sees_unmerged_predictions(tmp_path):
 def test_summary_of_a_sweep_with_a_quote_and_head_only(tmp_path):
     from rich.console import Console
 
-    from pipeline.show import print_summary
+    from pipeline.results.summary import print_summary
 
     root = tmp_path / "bob's sweep"
     make_sweep(root, conditions=("ported", "scratch", "sampled", "head-only"), pairs=(("a", "b"),), regimes=(0,),
@@ -299,12 +299,12 @@ def test_summary_of_a_sweep_with_a_quote_and_head_only(tmp_path):
     print_summary(console, _Sweep(), None)
     text = console.export_text()
     assert "stage 1: module on its origin host" in text and "head-only" in text
-    assert text.index("ported") < text.index("sampled") < text.index("scratch") < text.index("head-only")
+    assert text.index("ported") < text.index("scratch") < text.index("sampled") < text.index("head-only")  # CONDITIONS
     assert "stage 2 8/8" in text.replace(" (", "(")
 
 
 def test_class_balance_and_learn_verdicts():
-    v = report.learn_verdict
+    v = tables.learn_verdict
     assert v(0.80, 0.55, 0.85, 0.50) == "learned"
     assert v(0.55, 0.55, 0.80, 1.00) == "ranks but predicts one class"
     assert v(0.45, 0.55, 0.80, 0.00) == "ranks but predicts one class"  # all minority class, still ranks

@@ -8,7 +8,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import merge, shards
+from pipeline.results import merge, shards
 
 
 def row(rid, **kw):
@@ -36,7 +36,7 @@ def test_killed_writer_leaves_no_visible_shard(tmp_path):
     target = tmp_path / "shards" / "r1.parquet"
     code = textwrap.dedent(f"""
         import os, pyarrow.parquet as pq
-        from pipeline import shards
+        from pipeline.results import shards
         real = pq.write_table
         def slow(table, f, **kw):
             real(table, f, **kw)

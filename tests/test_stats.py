@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import stats
+from pipeline.results import stats
 
 T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom
 
@@ -202,7 +202,7 @@ def test_auc_imports_without_scipy_or_pandas():
     import sys
 
     code = ("import sys; sys.modules['scipy'] = None; sys.modules['pandas'] = None\n"
-            "from pipeline.stats import auc; print(auc([0, 1, 1], [0.2, 0.1, 0.9]))")
+            "from pipeline.results.stats import auc; print(auc([0, 1, 1], [0.2, 0.1, 0.9]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert float(out) == pytest.approx(0.5)
 

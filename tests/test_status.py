@@ -10,35 +10,36 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import plan as P
-from pipeline import slurm_launch as L
 from pipeline import spec as S
-from pipeline import status as st
+from pipeline.launch import layout as L
+from pipeline.launch import queue
+from pipeline.launch import status as st
 from pipeline.sweep import Sweep
 
 
 # ---------------------------------------------------------------- sacct / squeue parsing
 def test_expand_job_id_ranges():
-    assert st.expand_job_id("12_3") == ["12_3"]
-    assert st.expand_job_id("12") == ["12"]
-    assert st.expand_job_id("12_[2-5%2]") == ["12_2", "12_3", "12_4", "12_5"]
-    assert st.expand_job_id("12_[0,3-4]") == ["12_0", "12_3", "12_4"]
-    assert st.expand_job_id("7_[9]") == ["7_9"]
+    assert queue.expand_job_id("12_3") == ["12_3"]
+    assert queue.expand_job_id("12") == ["12"]
+    assert queue.expand_job_id("12_[2-5%2]") == ["12_2", "12_3", "12_4", "12_5"]
+    assert queue.expand_job_id("12_[0,3-4]") == ["12_0", "12_3", "12_4"]
+    assert queue.expand_job_id("7_[9]") == ["7_9"]
 
 
 def test_parse_sacct_output():
     text = ("10_0|COMPLETED|s.s1\n10_1|CANCELLED by 0|s.s1\n10_[2-3%1]|PENDING|s.s1\n"
             "10_1.batch|CANCELLED|batch\n11|TIMEOUT|s.s2\n12_4|OUT_OF_MEMORY|s.s2\n")
-    t = st.parse_table(text)
-    assert {k: st.slurm_category(v["state"]) for k, v in t.items()} == {
+    t = queue.parse_table(text)
+    assert {k: queue.slurm_category(v["state"]) for k, v in t.items()} == {
         "10_0": "completed", "10_1": "cancelled", "10_2": "pending", "10_3": "pending", "11": "timeout",
         "12_4": "failed"}
     assert t["10_0"]["name"] == "s.s1"
 
 
 def test_parse_squeue_output_with_reasons():
-    t = st.parse_table("5_0|PENDING|x.s2|Dependency\n5_1|RUNNING|x.s2|None\n6|COMPLETING|x.s1|None\n")
+    t = queue.parse_table("5_0|PENDING|x.s2|Dependency\n5_1|RUNNING|x.s2|None\n6|COMPLETING|x.s1|None\n")
     assert t["5_0"] == {"state": "PENDING", "name": "x.s2", "reason": "Dependency"}
-    assert st.slurm_category(t["6"]["state"]) == "running"
+    assert queue.slurm_category(t["6"]["state"]) == "running"
 
 
 @pytest.mark.parametrize("state,cat", [
@@ -46,7 +47,7 @@ def test_parse_squeue_output_with_reasons():
     ("COMPLETED", "completed"), ("FAILED", "failed"), ("NODE_FAIL", "failed"), ("TIMEOUT", "timeout"),
     ("CANCELLED by 1234", "cancelled"), ("PREEMPTED", "cancelled"), ("SOMETHING_NEW", "running")])
 def test_slurm_category(state, cat):
-    assert st.slurm_category(state) == cat
+    assert queue.slurm_category(state) == cat
 
 
 def test_classify_precedence():
@@ -64,8 +65,8 @@ def test_classify_precedence():
 
 
 def test_parse_max_array_size():
-    assert L.parse_max_array_size("MaxArraySize            = 40001\nMaxJobCount = 10") == 40001
-    assert L.parse_max_array_size("nothing here") == L.DEFAULT_MAX_ARRAY_SIZE
+    assert queue.parse_max_array_size("MaxArraySize            = 40001\nMaxJobCount = 10") == 40001
+    assert queue.parse_max_array_size("nothing here") == queue.DEFAULT_MAX_ARRAY_SIZE
 
 
 # ---------------------------------------------------------------- packing and arrays
@@ -167,12 +168,12 @@ def test_dry_run_extra_without_slurm(monkeypatch, capsys):
     from rich.console import Console
 
     monkeypatch.setenv("PATH", "/nonexistent")
-    L.max_array_size.cache_clear()
+    queue.max_array_size.cache_clear()
     try:
         spec = _spec()
-        L.print_plan_extra(Console(width=200), spec, P.build(spec))
+        L.print_layout(Console(width=200), spec, P.build(spec), queue.max_array_size())
     finally:
-        L.max_array_size.cache_clear()
+        queue.max_array_size.cache_clear()
     out = capsys.readouterr().out
     assert "MaxArraySize 1001" in out and "#SBATCH --array=" in out and "afterany:<stage-1 job 1>" in out
 
@@ -221,8 +222,8 @@ def test_states_from_recorded_jobs(tmp_path, monkeypatch):
     (sweep.root / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"torn')
     _touch_done(sweep, "a00000000000", 1)
     _touch_done(sweep, "b00000000000", 2)
-    monkeypatch.setattr(st, "query_squeue", lambda ids: st.parse_table("11_1|PENDING|t.s2|Dependency\n"))
-    monkeypatch.setattr(st, "query_sacct", lambda ids: st.parse_table(
+    monkeypatch.setattr(queue, "query_squeue", lambda ids: queue.parse_table("11_1|PENDING|t.s2|Dependency\n"))
+    monkeypatch.setattr(queue, "query_sacct", lambda ids: queue.parse_table(
         "10_0|COMPLETED|t.s1\n10_1|FAILED|t.s1\n11_0|FAILED|t.s2\n11_2|TIMEOUT|t.s2\n12|RUNNING|OTHER\n"))
     snap = st.snapshot(sweep, slurm=True)
     assert snap.state == {
@@ -252,9 +253,9 @@ def test_status_is_fast_for_100k_runs(tmp_path, monkeypatch):
             for k in range(5)]
     (sweep.root / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     calls = []
-    monkeypatch.setattr(st, "query_squeue", lambda j: calls.append("squeue") or st.parse_table(
+    monkeypatch.setattr(queue, "query_squeue", lambda j: calls.append("squeue") or queue.parse_table(
         "\n".join(f"104_{i}|RUNNING|t|None" for i in range(500, 1000))))
-    monkeypatch.setattr(st, "query_sacct", lambda j: calls.append("sacct") or {})
+    monkeypatch.setattr(queue, "query_sacct", lambda j: calls.append("sacct") or {})
     t0 = time.perf_counter()
     snap = st.snapshot(sweep, slurm=True)
     dt = time.perf_counter() - t0
@@ -294,7 +295,7 @@ def test_status_cli_on_a_local_sweep(tmp_path, capsys):
 def test_sweep_without_slurm_is_a_clear_error(tmp_path, monkeypatch, capsys, write_spec, tiny_spec):
     from pipeline import cli
 
-    monkeypatch.setattr(st, "have_slurm", lambda: False)
+    monkeypatch.setattr(queue, "have_slurm", lambda: False)
     assert cli.main(["sweep", str(write_spec(tiny_spec))]) == 2
     err = capsys.readouterr().err
     assert "Slurm is not available" in err and "pipeline run" in err

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline import port
 from pipeline import techniques as T
 from pipeline.hosts import build_all
+from pipeline.run import port
+from pipeline.run import techniques as RT
+from pipeline.run.tasks import Task
 from pipeline.spec import Training
-from pipeline.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent
 T2T = "text-to-text"
@@ -59,7 +60,7 @@ def hosts(t5, task) -> dict[str, torch.nn.Module]:
 
 def attached(hosts, host, technique, seed=0):
     torch.manual_seed(seed)
-    return T.get(technique).build(copy.deepcopy(hosts[host]), T2T, PARAMS.get(technique))
+    return RT.build(technique, copy.deepcopy(hosts[host]), T2T, PARAMS.get(technique))
 
 
 def batch_of(task, texts=TEXTS, labels=LABELS):
@@ -143,7 +144,7 @@ def test_every_technique_scores_from_labels_like_explicit_decoder_inputs(hosts, 
 
 
 def test_evaluate_predicts_the_argmax_of_the_scores(hosts, task):
-    from pipeline.train import accelerator, evaluate
+    from pipeline.run.train import accelerator, evaluate
 
     model = hosts["tiny-t5-b"]
     ev, per_example = evaluate(model, task, TEXTS, LABELS, cfg=Training(eval_batch_size=3), acc=accelerator("fp32"))
@@ -161,7 +162,7 @@ def test_evaluate_predicts_the_argmax_of_the_scores(hosts, task):
 @pytest.mark.parametrize("technique", T.known())
 def test_every_technique_trains_on_t5(hosts, task, technique):
     model = attached(hosts, "tiny-t5-a", technique).train()
-    before = T.module_state(model)
+    before = RT.module_state(model)
     assert before and not any(T.is_head_param(n) for n in before)  # text-to-text: no head
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = batch_of(task)
@@ -169,7 +170,7 @@ def test_every_technique_trains_on_t5(hosts, task, technique):
         task.loss(model, batch).backward()
         opt.step()
         opt.zero_grad()
-    after = T.module_state(model)
+    after = RT.module_state(model)
     assert all(not torch.equal(before[n], after[n]) for n in before), "a module tensor did not train"
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     host = dict(hosts["tiny-t5-a"].named_parameters())
@@ -212,17 +213,17 @@ def test_prompt_tuning_on_t5_allocates_only_used_rows(hosts, task):
 def test_every_technique_ports_bit_exactly_between_tiny_t5_hosts(hosts, task, technique, tmp_path):
     origin = attached(hosts, "tiny-t5-a", technique, seed=0).eval()
     perturb(origin)
-    state = T.module_state(origin)
+    state = RT.module_state(origin)
     sha = port.save_module(state, tmp_path / "m", {"run_id": "x", "technique": technique})
     loaded, info = port.load_module(tmp_path / "m")
     assert info["sha256"] == sha and set(loaded) == set(state)
 
     receiver = attached(hosts, "tiny-t5-b", technique, seed=1).eval()
-    scratch = T.module_state(receiver)
+    scratch = RT.module_state(receiver)
     assert {n: t.shape for n, t in scratch.items()} == {n: t.shape for n, t in state.items()}
     checks = port.load_into(receiver, loaded, include_head=True)
     assert checks["port_exact"] and checks["ported_parameters"] == sum(t.numel() for t in state.values())
-    assert all(torch.equal(t, state[n]) for n, t in T.module_state(receiver).items())
+    assert all(torch.equal(t, state[n]) for n, t in RT.module_state(receiver).items())
     batch = batch_of(task)
     assert not torch.allclose(task.scores(receiver, batch), task.scores(origin, batch), atol=1e-4)  # other host
 
@@ -236,7 +237,7 @@ def test_every_technique_ports_bit_exactly_between_tiny_t5_hosts(hosts, task, te
 def test_sampled_module_follows_each_tensors_statistics(hosts, task, technique):
     origin = attached(hosts, "tiny-t5-a", technique)
     perturb(origin)
-    state = T.module_state(origin)
+    state = RT.module_state(origin)
     sampled, checks = port.sample_like(state, seed=3)
     assert checks["sample_mean_err"] < 0.1 and checks["sample_std_err"] < 0.1
     for n, t in state.items():

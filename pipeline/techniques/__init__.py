@@ -1,8 +1,9 @@
-"""Technique registry: one file a technique, one dict to look them up."""
+"""The technique registry: declarations only, no torch (the torch code is in ``pipeline/run/techniques/``)."""
 
 from __future__ import annotations
 
-from .base import Technique, is_head_param, module_state  # noqa: F401
+from .base import CLASSIFICATION, TASKS, TEXT_TO_TEXT, TRAINING_KEYS, Param, Technique, is_head_param  # noqa: F401
+from .catalog import ALL
 
 REGISTRY: dict[str, Technique] = {}
 
@@ -25,5 +26,5 @@ def known() -> list[str]:
     return list(REGISTRY)
 
 
-# Importing the modules registers them (order = display order).
-from . import lora, prefix, prompt, ia3, adapter, compacter  # noqa: E402,F401,I001  (order = display order)
+for _t in ALL:  # order = display order
+    register(_t)

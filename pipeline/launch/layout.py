@@ -1,0 +1,230 @@
+"""How a sweep is laid out on Slurm, computed without asking Slurm: packs, arrays, throttles, sbatch options.
+
+Pure functions of the spec and the runs (tested without a cluster); ``pipeline.launch.slurm``
+submits what they lay out, and ``pipeline plan`` prints it (:func:`print_layout`).
+
+* runs are **packed** several to an array task (one Python start, one host load
+  per task): ``pack_size`` from the spec's resources, or estimated so that a
+  task runs a few minutes (never more than ``PACK_TIME_SHARE`` of its time
+  limit).  A pack holds runs of one host only; stage-2 packs are sorted by the
+  module they load.
+* each stage's tasks are split into arrays of at most the cluster's
+  ``MaxArraySize``, and the stage's ``array_parallelism`` is shared out between
+  its arrays, so no more than that many tasks of a stage run at once.
+* stage-2 arrays that need a stage-1 module being produced wait for that
+  stage-1 array (``afterany``).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cost import PACK_TIME_SHARE
+
+TARGET_TASK_S = 600  # an estimated pack runs about this long ...
+MIN_TASK_S = 120  # ... and at least this long when there are runs enough (start-up costs 5-30 s)
+
+
+# ---------------------------------------------------------------- packing
+def resources(spec, stage: int):
+    return spec.resources.stage1 if stage == 1 else spec.resources.stage2
+
+
+def estimate_run_s(spec, stage: int) -> float:
+    """A rough wall time of one run (MiniLM-size host): load + steps + evaluation.
+
+    CPU: ~0.4 ms per token-step (MiniLM, measured), GPUs ~20x less; evaluation ~0.1 ms per token on CPU.
+    Only used to choose a pack size when the spec sets none.
+    """
+    r = resources(spec, stage)
+    tr = spec.origin_training if stage == 1 else spec.further_training
+    steps = tr.steps if stage == 1 else sum(spec.regimes) / len(spec.regimes)
+    gpu = r.gpus > 0
+    step_s = tr.batch_size * tr.max_length * (2e-5 if gpu else 4e-4)
+    eval_n = sum(d.eval_size for d in spec.datasets) / len(spec.datasets)
+    eval_s = eval_n * tr.max_length * (5e-6 if gpu else 1e-4)
+    return 5.0 + steps * step_s + eval_s
+
+
+def pack_size(spec, stage: int, n_runs: int) -> tuple[int, str]:
+    """Runs per array task, and where the number comes from."""
+    r = resources(spec, stage)
+    if r.pack_size:
+        return r.pack_size, "spec"
+    est = estimate_run_s(spec, stage)
+    by_time = max(1, int(TARGET_TASK_S // est))  # a task of about TARGET_TASK_S
+    fill = max(1, math.ceil(n_runs / r.array_parallelism))  # enough tasks to use every parallel slot ...
+    floor = max(1, math.ceil(MIN_TASK_S / est))  # ... but each task worth its start-up
+    size = min(by_time, max(fill, floor))
+    fits = max(1, int(r.time_min * 60 * PACK_TIME_SHARE // est))  # at most that share of the time limit
+    return max(1, min(size, fits)), f"estimated, ~{est:.0f} s a run"
+
+
+def make_packs(runs: list[tuple[str, str, str | None]], size: int) -> list[list[str]]:
+    """(run id, host, needs) -> packs of at most ``size`` runs, one host per pack, sorted by module needed."""
+    by_host: dict[str, list[tuple[str, str | None]]] = {}
+    for rid, host, needs in runs:
+        by_host.setdefault(host or "", []).append((rid, needs))
+    packs = []
+    for items in by_host.values():
+        items = sorted(items, key=lambda x: x[1] or "")  # stable: plan order within one module
+        packs += [[rid for rid, _ in items[i:i + size]] for i in range(0, len(items), size)]
+    return packs
+
+
+def split_arrays(tasks: list, max_size: int) -> list[list]:
+    """Tasks -> arrays of at most ``max_size`` tasks (indices 0..MaxArraySize-1)."""
+    max_size = max(1, max_size)
+    return [tasks[i:i + max_size] for i in range(0, len(tasks), max_size)]
+
+
+def share_parallelism(parallelism: int, sizes: list[int]) -> list[int]:
+    """Split a stage's task cap between its arrays in proportion to their tasks (each >= 1, sum <= cap
+    whenever the cap is at least the number of arrays)."""
+    total = sum(sizes)
+    if not total:
+        return []
+    out = [max(1, min(n, parallelism * n // total)) for n in sizes]
+    spare = parallelism - sum(out)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # hand out what flooring left over
+        if spare <= 0:
+            break
+        add = min(spare, sizes[i] - out[i])
+        out[i] += add
+        spare -= add
+    return out
+
+
+def signal_delay(time_min: int) -> int:
+    """Seconds before the time limit that Slurm sends USR2: enough for a step and a checkpoint, a tenth of
+    the limit, between 20 s and 120 s (Slurm may send it up to 60 s earlier still)."""
+    return int(min(120, max(20, time_min * 60 // 10)))
+
+
+def job_name(spec, stage: int) -> str:
+    return f"{spec.name}.s{stage}"
+
+
+def sbatch_params(spec, stage: int, throttle: int | None = None, dependency: str | None = None) -> dict:
+    """submitit SlurmExecutor parameters (sbatch-level names) of one stage's arrays."""
+    from submitit.slurm.slurm import _convert_mem
+
+    r = resources(spec, stage)
+    p = {"job_name": job_name(spec, stage), "time": r.time_min, "cpus_per_task": r.cpus, "mem": _convert_mem(r.mem_gb),
+         "signal_delay_s": signal_delay(r.time_min), "array_parallelism": throttle or r.array_parallelism}
+    if r.gpus:
+        p["gpus_per_node"] = r.gpus
+    for k in ("partition", "account", "qos", "constraint"):
+        if getattr(r, k):
+            p[k] = getattr(r, k)
+    if dependency:
+        p["dependency"] = dependency
+    if r.extra:
+        p["additional_parameters"] = {str(k).replace("-", "_"): v for k, v in r.extra.items()}
+    return p
+
+
+def render_sbatch(sweep_root: Path, params: dict, n_tasks: int) -> str:
+    """The sbatch script submitit writes for an array of n_tasks tasks (works without Slurm)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
+                        shlex.quote(str(sweep_root / "submitit"))])
+    return _make_sbatch_string(command=command, folder=sweep_root / "submitit",
+                               map_count=n_tasks if n_tasks > 1 else None, **params)
+
+
+
+# ---------------------------------------------------------------- layout
+@dataclass
+class ArrayPlan:
+    stage: int
+    tasks: list[list[str]]
+    depends: list[str] = field(default_factory=list)  # array job ids this array waits for (afterany)
+    throttle: int = 1
+    pack: int = 1
+    pack_source: str = ""
+
+    @property
+    def runs(self) -> int:
+        return sum(len(t) for t in self.tasks)
+
+    def dependency(self) -> str | None:
+        return f"afterany:{':'.join(self.depends)}" if self.depends else None
+
+
+def layout(spec, stage: int, groups: list[tuple[list[tuple[str, str, str | None]], list[str]]],
+           max_size: int) -> list[ArrayPlan]:
+    """Groups of (runs, dependencies) of one stage -> arrays (packed, split, throttled)."""
+    n = sum(len(g) for g, _ in groups)
+    if not n:
+        return []
+    size, source = pack_size(spec, stage, n)
+    arrays = []
+    for runs, deps in groups:
+        for tasks in split_arrays(make_packs(runs, size), max_size):
+            arrays.append(ArrayPlan(stage, tasks, sorted(set(deps), key=str), pack=size, pack_source=source))
+    for a, t in zip(arrays, share_parallelism(resources(spec, stage).array_parallelism,
+                                              [len(a.tasks) for a in arrays]), strict=True):
+        a.throttle = t
+    return arrays
+
+
+def host_of(stage: int, origin: str, receiving: str | None) -> str:
+    return origin if stage == 1 else (receiving or "")
+
+
+
+# ---------------------------------------------------------------- dry run
+def fresh_layout(spec, plan, max_size: int) -> list[ArrayPlan]:
+    """The arrays a first `pipeline sweep` would submit (stage-1 job ids as placeholders)."""
+    s1 = [(r.run_id, r.labels["origin_host"], None) for r in plan.stage1]
+    arrays = layout(spec, 1, [(s1, [])], max_size)
+    job = {rid: f"<stage-1 job {i + 1}>" for i, a in enumerate(arrays) for t in a.tasks for rid in t}
+    groups: dict[str, list] = {}
+    for r in plan.stage2:
+        dep = job[r.needs] if r.needs else ""
+        groups.setdefault(dep, []).append((r.run_id, r.labels["receiving_host"], r.needs))
+    arrays += layout(spec, 2, [(groups[d], [d] if d else []) for d in sorted(groups)], max_size)
+    return arrays
+
+
+def _at_once(throttles: list[int]) -> str:
+    if len(throttles) == 1:
+        return str(throttles[0])
+    lo, hi = min(throttles), max(throttles)
+    return f"{sum(throttles)} ({lo if lo == hi else f'{lo}-{hi}'} per array)"
+
+
+def print_layout(console, spec, plan, max_size: int) -> None:
+    """The dry run's Slurm section (``pipeline plan``): arrays per stage and the sbatch script of each stage;
+    ``max_size`` is the cluster's MaxArraySize (``queue.max_array_size()``)."""
+    from rich.table import Table
+
+    arrays = fresh_layout(spec, plan, max_size)
+    t = Table(title=f"Slurm layout of `pipeline sweep` (MaxArraySize {max_size})")
+    for c in ("stage", "runs", "pack size", "tasks", "arrays", "at once", "starts"):
+        t.add_column(c)
+    for stage in (1, 2):
+        mine = [a for a in arrays if a.stage == stage]
+        for dep in sorted({a.dependency() or "" for a in mine}):
+            grp = [a for a in mine if (a.dependency() or "") == dep]
+            if not grp:
+                continue
+            t.add_row(str(stage), str(sum(a.runs for a in grp)), f"{grp[0].pack} ({grp[0].pack_source})",
+                      str(sum(len(a.tasks) for a in grp)), str(len(grp)),
+                      _at_once([a.throttle for a in grp]), dep or "at once")
+    console.print(t)
+    sweep_root = Path(spec.output_dir).resolve()
+    for stage in (1, 2):
+        mine = [a for a in arrays if a.stage == stage]
+        if not mine:
+            continue
+        a = mine[-1]  # for stage 2 the one with a dependency, when there is one
+        script = render_sbatch(sweep_root, sbatch_params(spec, stage, a.throttle, a.dependency()), len(a.tasks))
+        console.print(f"[bold]sbatch script of a stage-{stage} array[/bold] ({len(a.tasks)} tasks):")
+        console.print(script, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,193 @@
+"""The report's figures (matplotlib's object API: no pyplot state, Agg canvas): grouped bars, accuracy against
+the further-training budget, heatmaps of paired differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..spec import CONDITIONS
+from . import stats
+from .tables import METRICS, is_na, ordered, pair_label, regime_label
+
+COLORS = {"ported": "#0072B2", "scratch": "#E69F00", "sampled": "#009E73",  # Okabe-Ito, colour-blind safe
+          "head-only": "#CC79A7"}
+DPI = 110  # figure resolution (tests lower it)
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+
+
+def _halfwidth(lo, hi) -> float:
+    return 0.0 if is_na(lo) else (hi - lo) / 2
+
+
+def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
+    """Grouped bars: technique on x, one bar per condition, 95% CI whiskers; rows host direction, cols budget."""
+    c = cells[cells["dataset"] == dataset]
+    if not c["done"].any():
+        return None
+    pairs, regimes = ordered(c["host_pair"]), sorted(int(r) for r in c["regime"].dropna().unique())
+    techs, conds = ordered(c["technique"]), ordered(c["condition"], CONDITIONS)
+    fig = _figure(max(5.0, 1.2 + 0.5 * len(techs) * len(conds) * 0.55) * len(regimes) * 0.75 + 1.5,
+                  1.0 + 2.9 * len(pairs))
+    axes = fig.subplots(len(pairs), len(regimes), squeeze=False, sharey=True)
+    width = 0.8 / len(conds)
+    any_missing = False
+    for i, hp in enumerate(pairs):
+        for j, reg in enumerate(regimes):
+            ax = axes[i][j]
+            for k, cond in enumerate(conds):
+                xs, ys, es, hatch_x = [], [], [], []
+                for t, tech in enumerate(techs):
+                    x = c[(c["host_pair"] == hp) & (c["regime"] == reg) & (c["condition"] == cond)
+                          & (c["technique"] == tech)]
+                    if not len(x):
+                        continue
+                    x = x.iloc[0]
+                    pos = t - 0.4 + width * (k + 0.5)
+                    if x["done"] == 0:
+                        ax.text(pos, 0.02, "×", ha="center", va="bottom", color=COLORS.get(cond, "gray"), fontsize=11)
+                        any_missing = True
+                        continue
+                    xs.append(pos)
+                    ys.append(x[f"{metric}_mean"])
+                    es.append(_halfwidth(x[f"{metric}_ci_low"], x[f"{metric}_ci_high"]))
+                    if x["missing"]:
+                        hatch_x.append(len(xs) - 1)
+                        any_missing = True
+                bars = ax.bar(xs, ys, width * 0.95, yerr=es, capsize=2.5, color=COLORS.get(cond), label=cond,
+                              error_kw={"elinewidth": 1, "ecolor": "#333333"})
+                for b in hatch_x:
+                    bars[b].set_hatch("///")
+                    bars[b].set_edgecolor("white")
+            ax.set_xticks(range(len(techs)), techs)
+            ax.set_ylim(0, 1)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            if i == 0:
+                ax.set_title(regime_label(reg), fontsize=11)
+            if j == 0:
+                ax.set_ylabel(f"{pair_label(hp)}\n{METRICS[metric]}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    by = dict(zip(labels, handles))
+    note = "  (whiskers: 95% CI over seeds; hatched: some planned runs missing; ×: none finished)" if any_missing \
+        else "  (whiskers: 95% CI over seeds)"
+    fig.legend(by.values(), by.keys(), loc="outside lower center", ncols=len(by), title="condition" + note,
+               frameon=False)
+    fig.suptitle(f"{METRICS[metric].capitalize()} on the receiving host by technique and condition — dataset "
+                 f"{dataset}\n(rows: host direction origin → receiving; columns: further-training budget)",
+                 fontsize=12)
+    fig.savefig(path)
+    return path
+
+
+def fig_budget(cells: pd.DataFrame, stage1: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
+    """Metric against training budget per condition (zero-shot at 0); rows host direction, cols technique.
+    The dashed line is the module's own accuracy on its origin host (stage 1)."""
+    c = cells[cells["dataset"] == dataset]
+    if not c["done"].any():
+        return None
+    pairs, techs = ordered(c["host_pair"]), ordered(c["technique"])
+    regimes, conds = sorted(int(r) for r in c["regime"].dropna().unique()), ordered(c["condition"], CONDITIONS)
+    fig = _figure(1.5 + 3.2 * len(techs), 1.2 + 2.8 * len(pairs))
+    axes = fig.subplots(len(pairs), len(techs), squeeze=False, sharey=True, sharex=True)
+    dodge = 0.06 * (np.arange(len(conds)) - (len(conds) - 1) / 2)
+    drew_origin = False
+    for i, hp in enumerate(pairs):
+        origin = hp.split("->")[0]
+        for j, tech in enumerate(techs):
+            ax = axes[i][j]
+            for k, cond in enumerate(conds):
+                x = c[(c["host_pair"] == hp) & (c["technique"] == tech) & (c["condition"] == cond)]
+                x = x.set_index(x["regime"].astype(int)).reindex(regimes)
+                ok = x["done"].fillna(0).to_numpy() > 0
+                pos = np.arange(len(regimes)) + dodge[k]
+                y = x[f"{metric}_mean"].to_numpy(float)
+                e = np.array([_halfwidth(lo, hi) for lo, hi in zip(x[f"{metric}_ci_low"], x[f"{metric}_ci_high"])])
+                ax.errorbar(pos[ok], y[ok], yerr=e[ok], marker="o", ms=5, capsize=3, lw=1.8,
+                            color=COLORS.get(cond), label=cond)
+                partial = ok & (x["missing"].fillna(0).to_numpy() > 0)
+                if partial.any():
+                    ax.plot(pos[partial], y[partial], ls="none", marker="o", ms=10, mfc="none", mec="red",
+                            label="some runs missing")
+            s1 = stage1[(stage1["technique"] == tech) & (stage1["origin_host"] == origin)
+                        & (stage1["dataset"] == dataset) & (stage1["done"] > 0)]
+            if len(s1):
+                ax.axhline(s1[f"{metric}_mean"].iloc[0], ls="--", color="gray", lw=1.2,
+                           label="origin host (stage 1)")
+                drew_origin = True
+            ax.set_xticks(range(len(regimes)), [regime_label(r).replace(" steps", "") for r in regimes])
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(tech, fontsize=11)
+            if j == 0:
+                ax.set_ylabel(f"{pair_label(hp)}\n{METRICS[metric]}")
+            if i == len(pairs) - 1:
+                ax.set_xlabel("further-training steps")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False,
+               title="condition (whiskers: 95% CI over seeds)")
+    fig.suptitle(f"Does the ported module's head start persist? {METRICS[metric]} vs training budget — dataset "
+                 f"{dataset}\n(rows: host direction; columns: technique; budget axis is categorical"
+                 + (";\ndashed: the module on its origin host" if drew_origin else "") + ")", fontsize=12)
+    fig.savefig(path)
+    return path
+
+
+def fig_heatmap(comp: pd.DataFrame, a: str, b: str, metric: str, path: Path) -> Path | None:
+    """Mean paired difference a - b by host direction (rows) x technique (columns), one panel per budget."""
+    d = comp[(comp["a"] == a) & (comp["b"] == b)]
+    d = d[(d["n"] > 0) & d["mean_diff"].notna()]
+    if d.empty:
+        return None
+    hier = "method" in d and (d["method"] == "hierarchical bootstrap").any()
+    techs, pairs = ordered(d["technique"]), ordered(d["host_pair"])
+    regimes = sorted(int(r) for r in d["regime"].unique())
+    lim = max(0.01, float(np.nanmax(np.abs(d["mean_diff"].to_numpy(float)))))
+    label_w = 0.75 + 0.075 * max(len(pair_label(p)) for p in pairs)
+    fig = _figure(label_w + 1.4 + (0.3 + 0.95 * len(techs)) * len(regimes), 2.3 + 0.62 * len(pairs))
+    axes = fig.subplots(1, len(regimes), squeeze=False, sharey=True)[0]
+    im = None
+    for j, reg in enumerate(regimes):
+        ax = axes[j]
+        grid = np.full((len(pairs), len(techs)), np.nan)
+        dr = d[d["regime"] == reg]
+        for _, r in dr.iterrows():
+            grid[pairs.index(r["host_pair"]), techs.index(r["technique"])] = r["mean_diff"]
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_facecolor("#dddddd")
+        for _, r in dr.iterrows():
+            star = "*" if r["p_holm"] < stats.ALPHA else ""
+            dark = abs(r["mean_diff"]) > 0.6 * lim
+            flat = " flat" if bool(r.get("no_variation", False)) else ""
+            ax.text(techs.index(r["technique"]), pairs.index(r["host_pair"]),
+                    f"{r['mean_diff']:+.3f}{star}\nn={r['n']}{flat}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+        for pi in range(len(pairs)):
+            for ti in range(len(techs)):
+                if np.isnan(grid[pi, ti]):
+                    ax.text(ti, pi, "no\npairs", ha="center", va="center", fontsize=8, color="#555555")
+        ax.set_xticks(range(len(techs)), techs)
+        ax.set_yticks(range(len(pairs)), [pair_label(p) for p in pairs])
+        ax.set_title(regime_label(reg), fontsize=11)
+        ax.set_xlabel("technique")
+    axes[0].set_ylabel("host direction (origin → receiving)")
+    cb = fig.colorbar(im, ax=list(axes), shrink=0.95, fraction=0.04)
+    cb.set_label(f"{a} − {b}\n(blue: {a} better)")
+    test = "hierarchical-bootstrap" if hier else "Wilcoxon"
+    fig.suptitle(f"{a.capitalize()} − {b}: mean paired difference in {METRICS[metric]}, over seeds and datasets\n"
+                 f"(n = matched run pairs; * = Holm-adjusted {test} p < {stats.ALPHA};\nflat = no variation; "
+                 f"grey = no pairs)", fontsize=12)
+    fig.savefig(path)
+    return path

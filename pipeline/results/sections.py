@@ -1,0 +1,392 @@
+"""The report, section by section: what each section says and which table or figure it shows (a Doc)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import stats
+from .document import Doc, cell_text
+from .prose import is_hierarchical, summary_paragraph
+from .tables import (
+    FEW,
+    HOST_COLS,
+    LEARN_MARGIN,
+    METRICS,
+    ONE_CLASS,
+    RANKS_AUC,
+    TABLE_METRICS,
+    fmt_p,
+    fmt_row,
+    glance_stage2,
+    is_na,
+    ordered,
+    pair_label,
+    pivot_stage2,
+    regime_label,
+    trace_sql,
+)
+
+if TYPE_CHECKING:
+    from .report import SweepData
+
+SAMPLE_TOL = 0.05  # sampled tensors' mean/std may deviate from the target by this fraction of its std
+
+
+def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, figures, n_boot, seed,
+              extra: dict) -> Doc:
+    doc = Doc()
+    name = d.info.get("name", d.root.name)
+    m = METRICS[metric]
+    doc.h(1, f"PEFT portability report: {name}")
+    n_missing = int((d.runs["state"] != "done").sum())
+    doc.p(f"Sweep `{d.root}` — spec `{name}` (hash `{d.info.get('spec_hash', '?')}`), generated "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}. "
+          + (f"**Partial sweep: {n_missing} of {len(d.runs)} planned runs have no result** (listed in "
+             f"`tables/missing_runs.csv`; cells with missing runs are marked †)." if n_missing else
+             f"All {len(d.runs)} planned runs have results."))
+
+    doc.h(2, "Summary")
+    doc.p(summary_paragraph(d, pooled, metric, extra["did_it_learn"]))
+
+    _learned(doc, extra["did_it_learn"])
+    _comparisons(doc, d, pooled, by_dir, metric, n_boot, seed)
+    _retention(doc, extra["retention"])
+
+    doc.h(2, "Figures")
+    captions = {"bars": "Grouped bars: mean {m} per technique and condition, 95% t-CI over seeds, per host direction "
+                        "(rows) and budget (columns)",
+                "budget": "{m} against the further-training budget per condition (zero-shot at 0); dashed: the module "
+                          "on its origin host",
+                "heatmap": "Mean paired difference by technique and host direction, one panel per budget"}
+    for f in figures:
+        kind = f.stem.split("_")[0]
+        cap = captions[kind].format(m=m)
+        if kind != "heatmap":
+            cap += f" — dataset {f.stem.split('_', 1)[1]}"
+        else:
+            cap = f"{f.stem.split('_', 1)[1].replace('_minus_', ' − ')}: " + cap
+        doc.img(f"figures/{f.name}", cap)
+    if not figures:
+        doc.p("No figures (no stage-2 results yet, or figures were switched off).")
+
+    doc.h(2, "Receiving host at a glance (stage 2)")
+    if cells2.empty:
+        doc.p("No stage-2 runs planned.")
+    else:
+        doc.p("Accuracy, macro-F1 and ROC AUC side by side, each the mean over seeds (runs behind the cell); AUC "
+              "ranks the eval examples by the class-1 score and is — where a run did not record it. The tables "
+              "after this one give 95% intervals.")
+        for hp in ordered(cells2["host_pair"]):
+            for ds in ordered(cells2["dataset"]):
+                doc.h(3, f"{pair_label(hp)}, dataset {ds}")
+                doc.table(*glance_stage2(cells2, hp, ds))
+
+    legend = ("Cells: mean ± half-width of the 95% t-interval over seeds, (runs behind the cell); "
+              "(k/n)† = only k of n planned runs have results; — = none finished (or, for AUC, not recorded). "
+              "Tables with run ids: `tables/stage2_cells.csv`.")
+    for metric_key in TABLE_METRICS:
+        doc.h(2, f"Receiving-host {TABLE_METRICS[metric_key]} (stage 2)")
+        if cells2.empty:
+            doc.p("No stage-2 runs planned.")
+            continue
+        for hp in ordered(cells2["host_pair"]):
+            for ds in ordered(cells2["dataset"]):
+                doc.h(3, f"{pair_label(hp)}, dataset {ds}")
+                doc.table(*pivot_stage2(cells2, metric_key, hp, ds), note=legend)
+
+    doc.h(2, "Origin-host results (stage 1)")
+    if cells1.empty:
+        doc.p("No stage-1 runs planned.")
+    else:
+        doc.p("The module on the host it was trained on, before porting: mean ± 95% t-CI half-width over seeds "
+              "(runs).")
+        rows = [[r["technique"], r["origin_host"], r["dataset"], fmt_row(r, "accuracy"), fmt_row(r, "macro_f1"),
+                 fmt_row(r, "auc")] for _, r in cells1.iterrows()]
+        doc.table(["technique", "origin host", "dataset", "accuracy", "macro-F1", "AUC"], rows)
+
+    _balance(doc, extra["class_balance"])
+    _hosts(doc, d, extra["hosts"])
+    _provenance(doc, d)
+    _sanity(doc, d, cells2)
+    doc.h(2, "Files")
+    doc.ul([f"`tables/{p}` — {what}" for p, what in (
+        ("stage2_cells.csv", "every stage-2 cell: planned/done/missing, means, CIs (accuracy, macro-F1, AUC), run ids"),
+        ("stage1_cells.csv", "every stage-1 cell"),
+        ("stats_pooled.csv", "the paired comparisons above"),
+        ("stats_by_direction.csv", "paired comparisons per host direction (the heatmaps)"),
+        ("pairs.csv", "every matched pair with both run ids and its difference (with predictions: paired examples, "
+                      "discordant counts, McNemar p)"),
+        ("retention.csv", "zero-shot retention of ported and head-only runs, with run ids"),
+        ("did_it_learn.csv", "stage-1 accuracy vs the majority class, AUC, verdict counts"),
+        ("class_balance.csv", "class-1 share of train and eval, majority-class accuracy, per dataset"),
+        ("hosts.csv", "each host's pooling and its distance from its base (from hosts.json)"),
+        ("missing_runs.csv", "planned runs without a result (state missing or failed)"))])
+    return doc
+
+
+def _comparisons(doc: Doc, d: SweepData, pooled: pd.DataFrame, by_dir: pd.DataFrame, metric: str, n_boot: int,
+                 seed: int) -> None:
+    m = METRICS[metric]
+    doc.h(2, "Paired comparisons")
+    family = int(pooled["p"].notna().sum()) if len(pooled) else 0
+    if is_hierarchical(pooled):
+        lacking = int(pooled["pairs_without_preds"].sum())
+        doc.p(f"Each run pair is two runs that differ only in condition: same technique, host direction, dataset, "
+              f"budget and seed; within a pair the two runs are compared example by example on the same eval "
+              f"examples. Each row pools, for one technique at one budget, its run pairs **over host directions, "
+              f"datasets and seeds**. a − b: the mean over run pairs of the difference in {m}. 95% CI: percentile "
+              f"interval of a two-level bootstrap ({n_boot} resamples, seed {seed}): run pairs drawn with replacement, "
+              f"then examples within each drawn pair (the same examples for a and b). p: two-sided bootstrap p-value "
+              f"(twice the smaller share of resampled differences at or beyond 0, +1-corrected, so never 0). p_Holm: "
+              f"Holm's step-down correction across the {family} comparisons of this table. McNemar: in how many of "
+              f"the run pairs a is better at p < {stats.ALPHA} (exact McNemar test on the examples only one of the two runs "
+              f"got right; per pair, uncorrected); after the semicolon, how many favour b."
+              + (f" {lacking} run pair(s) lack per-example predictions for one of their runs (older or failed "
+                 f"prediction files) and are left out." if lacking else ""))
+    else:
+        why = ("this sweep has no per-example predictions (`predictions.parquet`: made by an earlier version)"
+               if d.preds is None else f"{m} has no per-example decomposition")
+        doc.p(f"Run-level comparisons, because {why}: each pair is two runs that differ only in condition (same "
+              f"technique, host direction, dataset, budget and seed), one number per run; rows pool the pairs over "
+              f"host directions, datasets and seeds. Differences are a − b in {m}. CI: percentile bootstrap over "
+              f"pairs ({n_boot} resamples, seed {seed}); p: two-sided Wilcoxon signed-rank test (zero differences "
+              f"dropped); p_Holm: Holm's step-down correction across the {family} comparisons of this table. W/L/T: "
+              f"pairs where a is better / worse / tied.")
+    doc.table(*_stats_rows(pooled, ["technique", "regime"]))
+    doc.p(f"Per host direction (pooled over datasets and seeds; Holm across these {len(by_dir)} comparisons, a "
+          f"separate family): see `tables/stats_by_direction.csv` and the heatmaps below.")
+
+
+def _stats_rows(comp: pd.DataFrame, by: list[str]):
+    hier = is_hierarchical(comp)
+    header = ["comparison", *["budget" if b == "regime" else b.replace("_", " ") for b in by], "run pairs",
+              *(["examples"] if hier else []), "mean a", "mean b", "a − b", "95% CI", "p", "p_Holm",
+              "McNemar: pairs favouring a" if hier else "W/L/T", "flag"]
+    rows = []
+    for _, r in comp.iterrows():
+        keys = [regime_label(r[b]) if b == "regime" else pair_label(r[b]) for b in by]
+        if r["n"] == 0 or is_na(r["mean_diff"]):
+            rows.append([r["contrast"], *keys, 0, *(["—"] if hier else []), "—", "—", "—", "—", "—", "—", "—",
+                         "no pairs with predictions"])
+            continue
+        ci = "no variation" if r["no_variation"] else "—" if is_na(r["ci_low"]) else \
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        sig = " *" if r["p_holm"] < stats.ALPHA else ""
+        if hier:
+            tail = f"; {r['mcnemar_favour_b']} favour {r['b']}" if r["mcnemar_favour_b"] else ""
+            last = f"{r['mcnemar_favour_a']} of {r['mcnemar_n']}{tail}"
+        else:
+            last = f"{r['wins']}/{r['losses']}/{r['ties']}"
+        rows.append([r["contrast"], *keys, int(r["n"]), *([f"{int(r['n_examples']):,}"] if hier else []),
+                     f"{r['mean_a']:.3f}", f"{r['mean_b']:.3f}", f"{r['mean_diff']:+.3f}", ci,
+                     "—" if r["no_variation"] else fmt_p(r["p"]), fmt_p(r["p_holm"]) + sig, last,
+                     FEW if r["few_units"] else ""])
+    notes = []
+    if len(comp):
+        notes.append(f"A star (*) after p_Holm marks p_Holm < {stats.ALPHA}.")
+        if comp["few_units"].any():
+            notes.append(f"{FEW} fewer than {stats.MIN_UNITS} run pairs behind the interval: resampling so few units "
+                         f"gives an interval that is likely too narrow; read it as rough.")
+        if comp["no_variation"].any():
+            notes.append("no variation: every resample gave the same difference (e.g. both conditions predict the "
+                         "same class on every example); such a comparison is no finding, gets no p-value and is not "
+                         "in the Holm family.")
+    return header, rows, " ".join(notes) if notes else "No pairs yet."
+
+
+def _learned(doc: Doc, learned: pd.DataFrame) -> None:
+    doc.h(2, "Did the origin modules learn? (stage 1)")
+    if learned.empty:
+        doc.p("No stage-1 results yet.")
+        return
+    doc.p(f"Each stage-1 run against the accuracy of always predicting the eval set's majority class: **learned** = "
+          f"at least {LEARN_MARGIN} above it without predicting one class; **ranks but predicts one class** = (almost) "
+          f"every prediction is one class (predicted class-1 share within {ONE_CLASS} of 0 or 1) although the scores "
+          f"rank the classes (AUC ≥ {RANKS_AUC}): the module learned something its decision threshold hides; "
+          f"**predicts one class** = the same with AUC below {RANKS_AUC}. A ported module whose origin did not learn "
+          f"has nothing to port.")
+    rows = [[r["technique"], r["origin_host"], r["dataset"], r["runs"], _f3(r["accuracy"]), _f3(r["majority_acc"]),
+             _f3(r["auc"]), _f3(r["pred_positive_rate"]), r["verdict"]] for _, r in learned.iterrows()]
+    doc.table(["technique", "origin host", "dataset", "runs", "accuracy", "majority class", "AUC",
+               "predicted class-1 share", "verdict (runs)"], rows,
+              note="Means over seeds; — = not recorded by these runs (older sweeps).")
+
+
+def _retention(doc: Doc, ret: pd.DataFrame) -> None:
+    doc.h(2, "Retention (zero-shot)")
+    if ret.empty:
+        doc.p("No ported zero-shot run with a finished stage-1 module yet.")
+        return
+    head = (ret["condition"] == "head-only").any()
+    doc.p("Zero-shot accuracy of the ported module on the receiving host divided by the accuracy of the same stage-1 "
+          "module (matched on `origin_run`) on its origin host: mean [min–max] (runs), per technique and host "
+          "direction. 1 = everything kept; with a balanced eval set a module at chance keeps about 0.5 / its origin "
+          "accuracy, so compare with the majority-class accuracy under “Class balance”."
+          + (" Head-only: the receiving host with no PEFT module and only the ported classification head — how much "
+             "of the ported accuracy the head alone carries." if head else ""))
+    rows = []
+    for (tech, hp), g in ret.groupby(["technique", "host_pair"], sort=True):
+        row = [tech, pair_label(hp)]
+        for cond in ("ported", "head-only") if head else ("ported",):
+            x = g[g["condition"] == cond]
+            if not len(x):
+                row += ["—", "—"] if cond == "head-only" else ["—", "—", "—"]
+                continue
+            x = x.iloc[0]
+            if cond == "ported":
+                row.append(_f3(x["origin_accuracy"]))
+            row += [_f3(x["accuracy"]), f"{x['retention_mean']:.3f} [{x['retention_min']:.3f}–{x['retention_max']:.3f}] "
+                                        f"({int(x['n'])})"]
+        rows.append(row)
+    header = ["technique", "host direction", "origin accuracy (stage 1)", "ported zero-shot", "retention (ported)",
+              *(["head-only zero-shot", "retention (head only)"] if head else [])]
+    doc.table(header, rows)
+
+
+def _balance(doc: Doc, bal: pd.DataFrame) -> None:
+    doc.h(2, "Class balance")
+    if bal.empty:
+        doc.p("No results yet.")
+        return
+    if not (bal[["train_pos_rate_n", "eval_pos_rate_n", "majority_acc_n"]].to_numpy() > 0).any():
+        doc.p("The runs of this sweep do not record class balance (made by an earlier version).")
+        return
+    doc.p("Class-1 share of the train and eval splits, and the accuracy of always predicting the eval set's majority "
+          "class — what chance is for every accuracy in this report. From the finished runs' shards; a range means "
+          "runs disagree (they should not: the splits are fixed).")
+
+    def val(r, c):
+        if not r[f"{c}_n"]:
+            return "not recorded"
+        lo, hi = r[f"{c}_min"], r[f"{c}_max"]
+        return f"{r[f'{c}_mean']:.3f}" if hi - lo < 1e-9 else f"{r[f'{c}_mean']:.3f} ({lo:.3f}–{hi:.3f})"
+
+    doc.table(["dataset", "runs", "train class-1 share", "eval class-1 share", "majority-class accuracy (chance)"],
+              [[r["dataset"], int(r["runs"]), val(r, "train_pos_rate"), val(r, "eval_pos_rate"), val(r, "majority_acc")]
+               for _, r in bal.iterrows()])
+
+
+def _hosts(doc: Doc, d: SweepData, ht: pd.DataFrame) -> None:
+    doc.h(2, "Hosts")
+    if d.hosts is None:
+        doc.p("No `hosts.json` in this sweep (made by an earlier version): pooling and host distances not recorded.")
+        return
+    if ht.empty:
+        doc.p("`hosts.json` lists no hosts.")
+        return
+    pools = set(ht["pooling"].dropna())
+    doc.p("How each host turns token vectors into the vector the classification head reads, and where the model came "
+          "from." + (f" **The hosts pool differently ({', '.join(sorted(pools))})**: a ported head reads a different "
+                     f"kind of vector on the receiving host." if len(pools) > 1 else ""))
+    doc.table(["host", "model", "pooling", "fingerprint"],
+              [[r["host"], f"`{r['model']}`" if not is_na(r["model"]) else "—", cell_text(r["pooling"]) or "—",
+                f"`{str(r['fingerprint'])[:16]}`" if not is_na(r["fingerprint"]) else "—"] for _, r in ht.iterrows()])
+    dist = ht[ht[HOST_COLS[5:11]].notna().any(axis=1)]
+    if len(dist):
+        doc.p("Distance of a derived host from its base (recorded when the host was built): relative weight change "
+              "(‖host − base‖ / ‖base‖ over the weights), mean cosine between the two hosts' mean-pooled vectors of "
+              "the same sentences, linear CKA between those vector sets, and the accuracy of a linear probe on each "
+              "host's frozen features.")
+        doc.table(["host", "base", "relative weight change", "mean-pooled cosine", "linear CKA", "probe accuracy (base)",
+                   "probe accuracy (host)", "probe"],
+                  [[r["host"], cell_text(r["base"]) or "—", _f3(r["relative_weight_change"]), _f3(r["mean_pooled_cosine"]),
+                    _f3(r["linear_cka"]), _f3(r["probe_accuracy_base"]), _f3(r["probe_accuracy_host"]),
+                    cell_text(r["probe"]) or "—"] for _, r in dist.iterrows()])
+
+
+def _f3(v) -> str:
+    try:
+        return "—" if is_na(v) else f"{float(v):.3f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _counts(series: pd.Series) -> str:
+    vc = series.dropna().astype(str).value_counts()
+    if vc.empty:
+        return "—"
+    return ", ".join(f"`{k}` ({v})" for k, v in vc.items()) + (" **(mixed)**" if len(vc) > 1 else "")
+
+
+def _provenance(doc: Doc, d: SweepData) -> None:
+    doc.h(2, "Provenance")
+    done = d.runs[d.runs["state"] == "done"]
+    fin = done["finished_at"].dropna() if "finished_at" in done else pd.Series([], dtype=object)
+    items = [f"spec: `{d.info.get('name', '?')}`, hash `{d.info.get('spec_hash', '?')}` (`{d.root / 'spec.yaml'}`); "
+             f"planned {d.info.get('created', '?')} by code `{d.info.get('code_version', '?')}`",
+             f"code version of the runs: {_counts(done.get('git_commit', pd.Series(dtype=object)))}",
+             f"finished between {fin.min() if len(fin) else '—'} and {fin.max() if len(fin) else '—'}",
+             f"devices: {_counts(done.get('device', pd.Series(dtype=object)))}",
+             f"hosts: {_counts(done.get('hostname', pd.Series(dtype=object)))}"]
+    libs = [c for c in d.runs.columns if c.startswith("v_")] + (["python"] if "python" in d.runs else [])
+    if libs:
+        items.append("library versions: " + "; ".join(f"{c.removeprefix('v_')} {_counts(done[c])}" for c in libs))
+    n2 = int((done["stage"] == 2).sum())
+    with_preds = sum(1 for r in done.loc[done["stage"] == 2, "run_id"] if d.preds is not None and r in d.preds)
+    items.append(f"per-example predictions (`predictions.parquet`): {with_preds} of {n2} finished stage-2 runs"
+                 + (" — none: run-level statistics" if not with_preds else ""))
+    if d.orphans:
+        items.append(f"{d.orphans} result rows belong to runs that are not in the current plan (left out)")
+    if d.quarantined:
+        items.append(f"{d.quarantined} shard(s) in `quarantine/` (unreadable or inconsistent; left out)")
+    qp = d.root / "quarantine" / "preds"
+    n_qp = len(list(qp.glob("*.parquet"))) if qp.exists() else 0
+    if n_qp:
+        items.append(f"{n_qp} prediction file(s) in `quarantine/preds/` (unreadable or inconsistent; left out)")
+    items += d.notes
+    doc.ul(items)
+    rows = []
+    for st in (1, 2):
+        g = d.runs[d.runs["stage"] == st]
+        n_done, n_failed = int((g["state"] == "done").sum()), int((g["state"] == "failed").sum())
+        rows.append([f"stage {st}", len(g), n_done, len(g) - n_done - n_failed, n_failed])
+    doc.table(["runs", "planned", "done", "missing (not run)", "missing (failed)"], rows,
+              note="failed = an error file in `errors/`; see `pipeline status` for details.")
+
+
+def _sanity(doc: Doc, d: SweepData, cells2: pd.DataFrame) -> None:
+    doc.h(2, "Sanity checks")
+    done = d.runs[(d.runs["state"] == "done") & (d.runs["stage"] == 2)]
+    items = []
+    for cond, what in (("ported", "ported tensors bit-equal to the origin module"),
+                       ("sampled", "sampled tensors loaded bit-exactly"),
+                       ("head-only", "ported head bit-equal to the origin module's head")):
+        g = done[done["condition"] == cond]
+        if not len(g):
+            continue
+        pe = g["port_exact"] if "port_exact" in g else pd.Series([None] * len(g))
+        n_true = int((pe == True).sum())  # noqa: E712 - object column with None
+        n_false = int((pe == False).sum())  # noqa: E712
+        verdict = "**OK**" if n_true == len(g) else "**FAILED**" if n_false else "**not recorded for all runs**"
+        items.append(f"{what}: {verdict} — `port_exact` true in {n_true} of {len(g)} {cond} runs"
+                     + (f", false in {n_false}" if n_false else ""))
+    s1 = d.runs[(d.runs["stage"] == 1) & (d.runs["state"] == "done")]
+    if "origin_module_sha256" in done and "module_sha256" in s1:
+        sha = dict(zip(s1["run_id"], s1["module_sha256"]))
+        g = done[done["condition"].isin(["ported", "sampled", "head-only"])]
+        ok = sum(1 for n, s in zip(g["needs"], g["origin_module_sha256"]) if n in sha and sha[n] == s)
+        bad = sum(1 for n, s in zip(g["needs"], g["origin_module_sha256"]) if n in sha and not is_na(s) and sha[n] != s)
+        items.append(f"loaded module = the stage-1 module it names (sha256): {ok} match, {bad} differ, "
+                     f"{len(g) - ok - bad} not checkable" + (" **FAILED**" if bad else ""))
+    g = done[done["condition"] == "sampled"]
+    if len(g) and "sample_mean_err" in g:
+        me, se = g["sample_mean_err"].max(), g["sample_std_err"].max()
+        ok = (me <= SAMPLE_TOL) and (se <= SAMPLE_TOL)
+        items.append(f"sampled modules match the ported tensors' statistics: max |mean error| {me:.4f}, "
+                     f"max |std error| {se:.4f} (relative to the tensor's std, tensors ≥ 1000 elements; "
+                     f"tolerance {SAMPLE_TOL}) — " + ("**OK**" if ok else "**OUT OF TOLERANCE**"))
+    if not items:
+        items.append("no ported or sampled runs have finished yet")
+    doc.ul(items)
+    doc.p("Trace any cell to its runs (done runs carry metrics, missing ones NULL) with one DuckDB query; e.g. "
+          "the first cell of the stage-2 tables:")
+    if cells2.empty:
+        ex = {"technique": "lora", "host_pair": "a->b", "dataset": "rt", "condition": "ported", "regime": 0}
+    else:
+        ported = cells2[cells2["condition"] == "ported"]
+        ex = (ported if len(ported) else cells2).iloc[0]
+    doc.code(trace_sql(d.root, ex), "sql")

@@ -1,0 +1,104 @@
+"""Result shards: one Parquet file per run, written to a temp name and renamed.
+
+A run is done only when its shard exists, reads back, and names the run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ShardError
+from ..files import atomic_path
+from ..sweep import code_version
+
+REQUIRED = ("run_id", "stage", "technique", "seed", "accuracy", "macro_f1")
+
+
+def shard_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "shards" / f"{run_id}.parquet"
+
+
+def write(path: Path, row: dict[str, Any]) -> Path:
+    table = pa.Table.from_pylist([row])
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    return path
+
+
+PRED_SCHEMA = pa.schema([("run_id", pa.string()), ("example_id", pa.int32()), ("label", pa.int16()),
+                         ("pred", pa.int16()), ("correct", pa.bool_()), ("score", pa.float32())])
+
+
+def write_predictions(path: Path, run_id: str, labels, per_example: dict) -> Path:
+    """One row per eval example (same example ids in every run of a dataset), written atomically."""
+    n = len(labels)
+    preds = per_example["pred"]
+    table = pa.table({"run_id": [run_id] * n, "example_id": list(range(n)), "label": list(labels), "pred": preds,
+                      "correct": [int(p) == int(y) for p, y in zip(preds, labels)], "score": per_example["score"]},
+                     schema=PRED_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Read and validate one shard; raises ShardError naming the file."""
+    try:
+        t = pq.read_table(path)
+    except Exception as e:
+        raise ShardError(f"{path}: unreadable shard ({str(e).splitlines()[0][:120]})") from None
+    missing = [c for c in REQUIRED if c not in t.column_names]
+    if missing:
+        raise ShardError(f"{path}: shard lacks columns {missing}")
+    if t.num_rows != 1:
+        raise ShardError(f"{path}: shard has {t.num_rows} rows, expected 1")
+    row = t.to_pylist()[0]
+    if row["run_id"] != path.stem:
+        raise ShardError(f"{path}: shard names run {row['run_id']!r}, not {path.stem!r}")
+    return row
+
+
+def is_done(sweep_dir: Path, run_id: str) -> bool:
+    try:
+        read(shard_path(sweep_dir, run_id))
+        return True
+    except (ShardError, FileNotFoundError):
+        return False
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "datasets", "pyarrow", "submitit"):
+        try:
+            out[f"v_{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[f"v_{pkg}"] = None
+    return out
+
+
+def provenance() -> dict[str, Any]:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        **_versions(),
+        "python": platform.python_version(),
+        "git_commit": code_version(),
+        "hostname": socket.gethostname(),
+        "device": device,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,152 @@
+"""Two task formulations behind one interface.
+
+``classification``: an encoder with a classification head; predictions are the
+head's argmax.
+
+``text-to-text``: an encoder-decoder (T5 v1.1, Flan-T5, ...); each label is
+verbalised as a word ("negative", "positive") and the prediction is the label
+word with the highest log-likelihood, so accuracy never depends on free
+generation:
+
+* a label word's target is its tokenisation *with* the end-of-sequence token
+  (``"positive"`` -> ``▁positive </s>``), so a class is scored as the whole
+  answer "positive, then stop", not as a prefix of some longer answer;
+* the score of class ``c`` for input ``x`` is ``sum_t log p(y_c[t] | x, y_c[<t])``
+  over all target tokens ``t`` (eos included), un-normalised by length;
+* the decoder inputs are never built here: the model gets ``labels`` and builds
+  its decoder inputs itself (T5: ``_shift_right``, i.e. decoder start token +
+  labels[:-1], -100 replaced by pad).  peft's wrappers pass ``labels`` through
+  unchanged for LoRA/IA3 and for prompt learning (prompt tuning prepends its
+  soft prompt to the *encoder* input only; prefix tuning hands its key/values
+  to the decoder as a cache), so the logits line up with the labels for every
+  technique -- ``tests/test_text_to_text.py`` checks this against explicit
+  decoder inputs;
+* every class is scored in one forward pass (inputs repeated per class, label
+  words padded with -100 to a common length and masked out of the sum), so
+  label words of different token lengths are handled exactly.
+
+Training minimises the usual token-level cross-entropy of the gold label word
+(eos included), i.e. teacher forcing on the same targets that are scored.
+
+Inputs pass through ``template`` first (``"{text}"`` unless the dataset spec
+gives one, e.g. ``"sentiment: {text}"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..techniques.base import CLASSIFICATION, TASKS, is_head_param
+
+IGNORE = -100  # label positions the loss and the scores leave out
+
+
+@dataclass
+class Task:
+    kind: str
+    tokenizer: Any
+    label_words: tuple[str, ...]
+    max_length: int = 64
+    template: str = "{text}"
+    pooling: str = "cls"  # classification hosts: mean | cls | pooler (see run/pooling.py)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"unknown task {self.kind!r} (known: {', '.join(TASKS)})")
+        if "{text}" not in self.template:
+            raise ValueError(f"template must contain '{{text}}', got {self.template!r}")
+        self._words: list[list[int]] | None = None
+
+    # -- model -------------------------------------------------------------------
+    def load_model(self, path: str):
+        import transformers
+
+        if self.kind == CLASSIFICATION:
+            from .pooling import install
+
+            auto = transformers.AutoModelForSequenceClassification
+            model = auto.from_pretrained(path, num_labels=len(self.label_words))
+            install(model, self.pooling)
+            return model
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
+
+    @staticmethod
+    def reset_head(model, seed: int) -> None:
+        """Initialise the classification head from ``seed`` (as transformers does), so a run's
+        head does not depend on what else its process loaded before.  No-op for text-to-text
+        hosts (they have no head)."""
+        g = torch.Generator().manual_seed(seed)
+        std = getattr(model.config, "initializer_range", 0.02)
+        for name, p in model.named_parameters():
+            if is_head_param(name):
+                with torch.no_grad():
+                    if p.dim() > 1:
+                        p.copy_(torch.randn(p.shape, generator=g) * std)
+                    else:
+                        p.zero_()
+
+    # -- data --------------------------------------------------------------------
+    def encode(self, texts) -> list[list[int]]:
+        texts = [self.template.replace("{text}", t) for t in texts]
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def collate(self, ids: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        batch["class_ids"] = torch.tensor(labels)
+        return batch
+
+    def word_ids(self) -> list[list[int]]:
+        """Each label word's target token ids, end-of-sequence token included."""
+        if self._words is None:
+            words = [self.tokenizer(w, add_special_tokens=True)["input_ids"] for w in self.label_words]
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            for w, ids in zip(self.label_words, words, strict=True):
+                if not ids or (eos is not None and ids[-1] != eos):
+                    raise ValueError(f"label word {w!r} does not tokenise to '... eos' ({ids}); "
+                                     "a text-to-text host needs a tokenizer that appends its eos token")
+            if len({tuple(w) for w in words}) < len(words):
+                raise ValueError(f"two label words tokenise alike: {dict(zip(self.label_words, words, strict=True))}")
+            self._words = words
+        return self._words
+
+    def _targets(self, classes: list[int], device) -> torch.Tensor:
+        """Label-word token ids for ``classes``, right-padded with -100 -> [n, longest word]."""
+        words = self.word_ids()
+        width = max(len(words[c]) for c in classes)
+        out = torch.full((len(classes), width), IGNORE, dtype=torch.long)
+        for i, c in enumerate(classes):
+            out[i, : len(words[c])] = torch.tensor(words[c])
+        return out.to(device)
+
+    # -- loss and prediction -----------------------------------------------------
+    def loss(self, model, batch) -> torch.Tensor:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.kind == CLASSIFICATION:
+            return model(**inputs, labels=batch["class_ids"]).loss
+        targets = self._targets(batch["class_ids"].tolist(), batch["input_ids"].device)
+        return model(**inputs, labels=targets).loss
+
+    @torch.no_grad()
+    def scores(self, model, batch) -> torch.Tensor:
+        """Per-class scores [batch, classes]: logits, or label-word log-likelihoods (see module doc)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.kind == CLASSIFICATION:
+            return model(**inputs).logits.float()
+        n, k = batch["input_ids"].shape[0], len(self.label_words)
+        # row i * k + c = example i scored against class c
+        rep = {name: t.repeat_interleave(k, dim=0) for name, t in inputs.items()}
+        targets = self._targets(list(range(k)) * n, batch["input_ids"].device)
+        logits = model(**rep, labels=targets).logits.float()
+        return self.token_logprobs(logits, targets).sum(-1).view(n, k)
+
+    @staticmethod
+    def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p of each target token [n, len]; 0 where the target is -100."""
+        keep = targets != IGNORE
+        logp = F.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(keep, logp, torch.zeros_like(logp))
