@@ -1,7 +1,9 @@
 """Property-based: broken specs and CLI arguments end with exit 2 and one line naming file and field."""
 
 import copy
+from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -105,3 +107,75 @@ def test_host_pair_of_different_shapes_is_refused_at_plan_time(tmp_path, capsys,
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "host_pairs[0]: hosts 'tiny' and 'minilm' differ in shape" in err, err
     assert not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------- edges: every bad spec is caught at plan time
+def _one_line(capsys, code) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, (code, err)
+    return err
+
+
+def test_spec_that_is_not_utf8_gives_one_line_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(yaml.safe_dump(BASE, sort_keys=False).encode() + "# caf\xe9 au lait\n".encode("latin-1"))
+    err = _one_line(capsys, main(["plan", str(path)]))
+    assert err.startswith(f"error: {path}: line ") and "not UTF-8" in err and "0xe9" in err, err
+
+
+@pytest.mark.parametrize("extra, key", [("seeds: [1, 2]\n", "seeds"),
+                                        ("origin_training: {steps: 4, steps: 8}\n", "steps")])
+def test_duplicate_yaml_key_gives_one_line_naming_key_and_line(tmp_path, capsys, extra, key):
+    text = yaml.safe_dump(BASE, sort_keys=False) + extra
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    line = len(text.splitlines())
+    err = _one_line(capsys, main(["plan", str(path)]))
+    assert err.startswith(f"error: {path}: line {line}: duplicate key {key!r}"), err
+
+
+@pytest.mark.parametrize("params, expect", [
+    ({"lora": {"r": "eight"}}, "technique_params.lora.r: must be an integer, got 'eight'"),
+    ({"lora": {"rank_dropout": 0.1}}, "technique_params.lora.rank_dropout: unknown lora parameter (did you mean "
+                                      "'lora_dropout'?)"),
+    ({"lora": {"lora_dropout": 1.5}}, "technique_params.lora.lora_dropout: must be less than 1"),
+    ({"bottleneck": {"placement": "middle"}}, "technique_params.bottleneck.placement: must be one of pfeiffer, houlsby"),
+    ({"compacter": {"phm_dim": 0}}, "technique_params.compacter.phm_dim: must be at least 1"),
+    ({"prefix": {"prefix_projection": "yes"}}, "technique_params.prefix.prefix_projection: must be true or false"),
+    ({"lora": {"lr": [1e-3, "fast"]}}, "technique_params.lora.lr: must be a positive number or a list of them"),
+])
+def test_wrong_technique_hyperparameter_is_one_line_at_plan_time(tmp_path, capsys, params, expect):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "techniques": sorted(params), "technique_params": params}))
+    err = _one_line(capsys, main(["plan", str(path)]))
+    assert err.startswith(f"error: {path}: ") and expect in err, err
+
+
+def test_technique_hyperparameters_and_grids_that_are_right_pass(tmp_path, capsys):
+    params = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "lr": [1e-3, 3e-3], "steps": 5},
+              "bottleneck": {"reduction_factor": 8, "placement": "houlsby", "non_linearity": "gelu"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "techniques": ["lora", "bottleneck"], "technique_params": params}))
+    assert main(["plan", str(path), "--rows", "1"]) == 0, capsys.readouterr().err
+
+
+def test_more_than_one_gpu_per_run_is_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "resources": {"stage2": {"gpus": 4}}}))
+    err = _one_line(capsys, main(["plan", str(path)]))
+    assert f"{path}: resources.stage2.gpus: multi-GPU per run is not supported" in err and "arrays" in err, err
+
+
+def test_hosts_help_and_default(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from pipeline import cli, hosts
+
+    p = subprocess.run([sys.executable, "-m", "pipeline", "hosts", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert p.returncode == 0 and "usage: pipeline hosts" in p.stdout and "Traceback" not in p.stderr
+    calls = []
+    monkeypatch.setattr(hosts, "build_all", lambda models_dir, which: calls.append((models_dir, which)) or {})
+    assert cli.main(["hosts"]) == 0  # no argument: the demo's MiniLM pair, no crash
+    assert calls == [(Path("models"), cli.MINILM_PAIR)]

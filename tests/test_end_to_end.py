@@ -92,3 +92,23 @@ def test_plan_file_records_the_config(tiny_spec, write_spec):
     assert len(rows) == 84
     cfg = json.loads(next(iter(rows.values()))["config_json"])
     assert cfg["dataset"]["source"] == "embedded:rotten_tomatoes"
+
+
+def test_sweep_folder_with_a_quote_and_a_space_through_run_merge_report(tmp_path, tiny_spec, write_spec):
+    """`runs/bob's sweep`: no command pastes the folder into SQL or a shell line."""
+    out_dir = tmp_path / "runs" / "bob's sweep"
+    tiny_spec.update(techniques=["lora"], conditions=["ported", "scratch"], regimes=["zero-shot"],
+                     both_directions=False, output_dir=str(out_dir))
+    path = write_spec(tiny_spec)
+    run = cli("run", str(path), "--debug")
+    assert "runs with results: stage 1 1/1, stage 2 2/2" in run.stdout, run.stdout
+    sweep = Sweep(out_dir)
+    assert {r["condition"] for r in pq.read_table(sweep.results).to_pylist()} == {None, "ported", "scratch"}
+    merged = cli("merge", str(out_dir))
+    assert "merged 3 shards" in merged.stdout and "0 quarantined" in merged.stdout
+    report = cli("report", str(out_dir), "--bootstrap", "200")
+    assert "3 of 3 planned runs have results" in report.stdout
+    md = (out_dir / "report" / "report.md").read_text()
+    assert "bob''s sweep/plan.parquet" in md  # the trace query quotes the folder for SQL
+    assert (out_dir / "report" / "report.html").stat().st_size > 0
+    assert "all runs done" in cli("status", str(out_dir)).stdout
