@@ -53,7 +53,7 @@ def markdown(figs: list[Figure], info: dict[str, str], *, errors: dict[str, str]
     if smoke:
         out += ["**Smoke run** (toy sizes; the numbers mean nothing, only that every bench still runs).", ""]
     out += [
-        "Written by `make bench` (`python -m pipeline bench`; code in `benches/`). Every figure is measured beside its "
+        "Written by `make bench` (`python -m benches.run`; code in `benches/`). Every figure is measured beside its "
         "baseline in the same invocation, on this machine; contenders are interleaved and each figure is the "
         f"**median [min–max] over {repeats} repeat{'s' if repeats != 1 else ''}** unless a figure says otherwise "
         "(ratios are taken per repeat, then the median). Each figure's details say what its ratio divides and which "

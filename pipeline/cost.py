@@ -14,7 +14,7 @@ The cost model (simple on purpose; every constant is printed with the estimate):
   (stage 1: ``origin_training.steps``; stage 2: the regime's step budget).
   Evaluation: ``max_length x eval_size`` per run, times the number of label
   words for text-to-text (each class is scored by its own pass, see
-  :mod:`pipeline.tasks`).  Target tokens (text-to-text): ``TARGET_TOKENS`` per
+  :mod:`pipeline.run.tasks`).  Target tokens (text-to-text): ``TARGET_TOKENS`` per
   sequence (label word + end of sequence).
 * **Throughput.**  ``SUSTAINED_TFLOPS`` = ``MFU`` x ``PEAK_TFLOPS`` (40 % of an
   A100's dense bf16 peak).  GPU-seconds = FLOPs / sustained throughput.

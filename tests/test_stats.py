@@ -1,4 +1,4 @@
-"""Tests for pipeline.stats on synthetic numbers with known answers (no models, milliseconds)."""
+"""Tests for pipeline.results.stats on synthetic numbers with known answers (no models, milliseconds)."""
 
 from __future__ import annotations
 

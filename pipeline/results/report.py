@@ -8,10 +8,10 @@ The report folder (default ``<sweep>/report/``) holds::
 
 It reads ``plan.parquet``, ``results.parquet`` (one row per run), and where
 they exist ``predictions.parquet`` (one row per run and eval example; see
-pipeline.merge) and ``hosts.json`` (each host's pooling and its distance from
+pipeline.results.merge) and ``hosts.json`` (each host's pooling and its distance from
 its base).  With predictions, the paired comparisons are a hierarchical
 bootstrap over run pairs and examples with per-pair McNemar tests
-(pipeline.stats.hierarchical_compare); without (older sweeps), the run-level
+(pipeline.results.stats.hierarchical_compare); without (older sweeps), the run-level
 Wilcoxon comparisons of earlier versions.
 
 Cells are defined by the plan (plan.parquet), not by what has finished, so a
