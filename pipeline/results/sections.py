@@ -61,11 +61,16 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
                         "(rows) and budget (columns)",
                 "budget": "{m} against the further-training budget per condition (zero-shot at 0); dashed: the module "
                           "on its origin host",
-                "heatmap": "Mean paired difference by technique and host direction, one panel per budget"}
+                "heatmap": "Mean paired difference by technique and host direction, one panel per budget",
+                "drift": "Zero-shot retention (ported accuracy on the receiving host / the module's accuracy on its "
+                         "origin host; mean and range over seeds) against the receiving host's linear CKA to the "
+                         "origin; solid: ported, dotted: head-only"}
     for f in figures:
         kind = f.stem.split("_")[0]
         cap = captions[kind].format(m=m)
-        if kind != "heatmap":
+        if kind == "drift":
+            pass
+        elif kind != "heatmap":
             cap += f" — dataset {f.stem.split('_', 1)[1]}"
         else:
             cap = f"{f.stem.split('_', 1)[1].replace('_minus_', ' − ')}: " + cap
