@@ -1,6 +1,6 @@
 """Tests for pipeline.hosts: resolving host names and building the derived hosts.
 
-The full MiniLM build (~1.5-2 min) is marked ``slow``.
+The full MiniLM build (~2-3 min with its distance measurement) is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,18 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from pipeline import hosts
-from pipeline.hosts import EMBEDDED, EmbeddedHost, HostError, build_all, build_minilm_tweets, resolve_host
+from pipeline import hostdist, hosts
+from pipeline.hosts import (
+    EMBEDDED,
+    EmbeddedHost,
+    HostError,
+    build_all,
+    build_minilm_tweets,
+    default_pooling,
+    fingerprint,
+    local_host_dir,
+    resolve_host,
+)
 
 CLASSIFIER = {"classifier.weight", "classifier.bias"}
 
@@ -75,6 +85,114 @@ def test_concurrent_resolves_build_once(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".fake.lock", "fake"]  # no temp folder left
 
 
+def _fake_built(folder: Path, recipe: str | None = hosts.MINILM_TWEETS_RECIPE) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "build_info.json").write_text(json.dumps({"recipe": recipe}))
+    return folder
+
+
+def test_steps_pattern_resolves(tmp_path):
+    for n in (0, 30, 100, 300):
+        key = f"all-minilm-l6-v2-tweets-{n}"
+        assert key in EMBEDDED and EMBEDDED.get(key).recipe == hosts.MINILM_TWEETS_RECIPE
+        assert f"{n} steps" in EMBEDDED[key].description
+    for bad in ("all-minilm-l6-v2-tweets-030", "all-minilm-l6-v2-tweets-", "all-minilm-l6-v2-tweets-x", "tiny-bert-a-3"):
+        assert bad not in EMBEDDED and EMBEDDED.get(bad) is None
+        with pytest.raises(HostError, match="all-minilm-l6-v2-tweets-<N>"):
+            resolve_host(f"embedded:{bad}", tmp_path)
+    assert "all-minilm-l6-v2-tweets-30" not in list(EMBEDDED)  # listing gives the fixed names only
+    built = _fake_built(tmp_path / "all-minilm-l6-v2-tweets-30")
+    assert resolve_host("embedded:all-minilm-l6-v2-tweets-30", tmp_path) == str(built)  # already built: no build
+    assert local_host_dir("embedded:all-minilm-l6-v2-tweets-30", tmp_path) == built
+
+
+def test_local_host_dir_never_builds(tmp_path):
+    assert local_host_dir("embedded:all-minilm-l6-v2", tmp_path) == hosts.minilm_dir()
+    assert local_host_dir(str(tmp_path), "unused") == tmp_path
+    assert local_host_dir("google/flan-t5-base", tmp_path) is None
+    assert local_host_dir("embedded:nope", tmp_path) is None
+    assert local_host_dir("embedded:tiny-bert-a", tmp_path) is None
+    assert local_host_dir("embedded:all-minilm-l6-v2-tweets", tmp_path) is None
+    _fake_built(tmp_path / "all-minilm-l6-v2-tweets", recipe="masked-lm")  # an older recipe: to be rebuilt
+    assert local_host_dir("embedded:all-minilm-l6-v2-tweets", tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all-minilm-l6-v2-tweets"]
+
+
+def test_build_all_none_means_all(tmp_path, monkeypatch):
+    built = []
+
+    def build(out: Path) -> None:
+        built.append(out.name)
+        with hosts._atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text("{}")
+
+    table = hosts._EmbeddedTable({"x": EmbeddedHost("bert", "x", build), "y": EmbeddedHost("bert", "y", build)})
+    monkeypatch.setattr(hosts, "EMBEDDED", table)
+    assert build_all(tmp_path, None) == {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
+    assert built == ["x", "y"]
+
+
+def test_light_helpers_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline import hosts; hosts.fingerprint(hosts.minilm_dir()); "
+            "hosts.default_pooling(hosts.minilm_dir()); hosts.local_host_dir('embedded:all-minilm-l6-v2-tweets', 'm'); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_fingerprint_is_stable_cached_and_follows_the_weights(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model.safetensors").write_bytes(b"weights one")
+    (tmp_path / "vocab.txt").write_text("a\n")
+    first = fingerprint(tmp_path)
+    assert len(first) == 16 and int(first, 16) >= 0
+    cache = json.loads((tmp_path / ".fingerprint.json").read_text())
+    assert set(cache) == {"model.safetensors"}
+    assert fingerprint(tmp_path) == first
+    (tmp_path / "vocab.txt").write_text("b\n")  # not part of the fingerprint
+    assert fingerprint(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights two, longer")
+    second = fingerprint(tmp_path)
+    assert second != first
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"shard")
+    third = fingerprint(tmp_path)
+    assert third not in (first, second)
+    assert set(json.loads((tmp_path / ".fingerprint.json").read_text())) == {
+        "model.safetensors", "model-00002-of-00002.safetensors"}
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    assert fingerprint(tmp_path) != third
+    # a stale cache entry (same name, other size) is recomputed, not trusted
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    (tmp_path / "model.safetensors").write_bytes(b"weights one")
+    assert fingerprint(tmp_path) == first
+    # a folder that cannot be written: same answer, no cache, no error
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (ro / name).write_bytes((tmp_path / name).read_bytes())
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    assert fingerprint(ro) == first and not (ro / ".fingerprint.json").exists()
+
+
+def test_default_pooling(tmp_path):
+    assert default_pooling(hosts.minilm_dir()) == "mean"
+    assert default_pooling(tmp_path) == "cls"
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert default_pooling(tmp_path) == "cls"
+    (tmp_path / "1_Pooling" / "config.json").write_text("not json")
+    assert default_pooling(tmp_path) == "cls"
+
+
 def test_atomic_dir_replaces_only_on_success(tmp_path):
     out = tmp_path / "host"
     for text in ("one", "two"):
@@ -124,6 +242,37 @@ def test_tiny_bert_loads_as_classifier(tiny, name):
     assert tok.mask_token_id is not None and tok.pad_token_id == 0
 
 
+def test_host_distance_of_a_host_with_itself_and_its_sibling(tiny):
+    same = hostdist.host_distance(tiny["tiny-bert-a"], tiny["tiny-bert-a"], n_train=400, n_test=200)
+    assert same["relative_weight_change"] == 0.0
+    assert same["mean_pooled_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert same["linear_cka"] == pytest.approx(1.0, abs=1e-6)
+    assert same["probe_accuracy_base"] == same["probe_accuracy_host"]
+    assert same["eval_texts"] == 600 and same["base"] == "embedded:tiny-bert-a"
+    assert all(isinstance(v, (int, float, str)) for v in same.values())
+    other = hostdist.host_distance(tiny["tiny-bert-a"], tiny["tiny-bert-b"], n_train=400, n_test=200)
+    assert other["relative_weight_change"] > 0 and other["mean_pooled_cosine"] < 1 and other["linear_cka"] < 1
+    assert other["probe_accuracy_base"] == same["probe_accuracy_base"]
+
+
+def test_probe_data_is_fixed_stratified_and_disjoint():
+    tx, ty, sx, sy = hostdist.probe_data()
+    assert (len(tx), len(sx)) == (2000, 1000) and not set(tx) & set(sx) and len(set(tx)) == 2000
+    assert abs(sum(ty) / 2000 - sum(sy) / 1000) < 0.002 and 0.55 < sum(ty) / 2000 < 0.6
+    hostdist.probe_data.cache_clear()
+    assert hostdist.probe_data() == (tx, ty, sx, sy)
+
+
+def test_linear_probe_and_cka():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 8, generator=g)
+    y = (x[:, 0] + 0.1 * torch.randn(600, generator=g) > 0).long().tolist()
+    assert hostdist.probe_accuracy(x[:400], y[:400], x[400:], y[400:]) > 0.9
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    assert hostdist.linear_cka(x, 3 * x @ q + 1) == pytest.approx(1.0, abs=1e-9)  # rotation, scale and shift
+    assert hostdist.linear_cka(x, torch.randn(600, 8, generator=g)) < 0.1
+
+
 @pytest.mark.parametrize("name", ["tiny-t5-a", "tiny-t5-b"])
 def test_tiny_t5_loads_as_seq2seq(tiny, name):
     model, info = AutoModelForSeq2SeqLM.from_pretrained(tiny[name], output_loading_info=True)
@@ -155,19 +304,36 @@ def _check_minilm_tweets(path: Path, steps: int) -> dict:
     assert saved(texts[0])["input_ids"] == [101, 7592, 2088, 102]
     for kwargs in ({}, {"padding": True}, {"padding": "max_length", "max_length": 16, "truncation": True}):
         assert saved(texts, **kwargs)["input_ids"] == shipped(texts, **kwargs)["input_ids"]
+    for key in original:
+        if key.startswith("embeddings."):  # frozen
+            assert torch.equal(original[key], derived[key]), key
+    assert default_pooling(path) == "mean"
+    assert fingerprint(path) != fingerprint(hosts.minilm_dir())
     build_info = json.loads((path / "build_info.json").read_text())
     assert build_info["steps"] == steps and build_info["mean_relative_weight_change"] > 0
+    assert build_info["recipe"] == hosts.MINILM_TWEETS_RECIPE
     return build_info
 
 
 def test_minilm_tweets_two_steps(tmp_path):
-    out = build_minilm_tweets(tmp_path / "host", steps=2, progress=False)
-    _check_minilm_tweets(out, steps=2)
-    assert [p.name for p in tmp_path.iterdir()] == ["host"]
+    out = build_minilm_tweets(tmp_path / "host", steps=2, progress=False, measure=False)
+    info = _check_minilm_tweets(out, steps=2)
+    assert "distance" not in info and info["loss_first10"] is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host"]
+    assert local_host_dir("embedded:all-minilm-l6-v2-tweets", tmp_path) is None  # named "host", not the host's name
 
 
 @pytest.mark.slow
 def test_minilm_tweets_full_build(tmp_path):
     path = Path(resolve_host("embedded:all-minilm-l6-v2-tweets", tmp_path))
-    info = _check_minilm_tweets(path, steps=120)
-    assert 0.003 < info["mean_relative_weight_change"] < 0.1
+    assert local_host_dir("embedded:all-minilm-l6-v2-tweets", tmp_path) == path
+    info = _check_minilm_tweets(path, steps=hosts.MINILM_TWEETS_STEPS)
+    assert 0.0005 < info["mean_relative_weight_change"] < 0.1
+    d = info["distance"]
+    keys = {"base", "relative_weight_change", "mean_pooled_cosine", "linear_cka", "probe_accuracy_base",
+            "probe_accuracy_host", "probe", "eval_texts"}
+    assert keys <= set(d) and all(isinstance(v, (int, float, str)) for v in d.values())
+    assert d["base"] == "embedded:all-minilm-l6-v2" and d["eval_texts"] == 3000
+    assert 0 < d["relative_weight_change"] < 0.1
+    assert 0.8 < d["linear_cka"] < 1 and 0.8 < d["mean_pooled_cosine"] < 1  # measurably different ...
+    assert d["probe_accuracy_host"] >= d["probe_accuracy_base"] - 0.02  # ... and still sound
