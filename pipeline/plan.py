@@ -36,6 +36,7 @@ EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depen
 SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
 SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
+VARYING2 = ("condition", "origin", "port_head", "regime", "seed", "training")  # of a stage-2 key, within a dataset
 # The columns of plan.parquet (``Run.row``) besides the run's full config and settings (JSON).
 PLAN_COLUMNS = ("run_id", "stage", "technique", "origin_host", "receiving_host", "host_pair", "dataset", "variant",
                 "seed", "condition", "regime", "needs", "origin_run")
@@ -57,12 +58,77 @@ def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def run_id(key: dict[str, Any]) -> str:
-    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+    """sha256 of the key's canonical JSON (sorted keys, no spaces), first ID_LEN hex digits."""
+    return hashlib.sha256(_canon(key).encode()).hexdigest()[:ID_LEN]
 
 
-@dataclass(frozen=True)
+class IdMaker:
+    """``run_id`` for many keys that share their nested values (the same dataset, host, params and training
+    dicts, by identity): each distinct value is encoded once and a key's canonical JSON is joined from the
+    encoded pieces -- the very text ``json.dumps(key, sort_keys=True, ...)`` gives, so the ids are exactly
+    ``run_id``'s (tests/test_plan.py checks both, and a committed list of ids).  Planning 100,000 runs spent
+    80 % of its time re-encoding those shared dicts."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, str]] = {}  # id(dict/list) -> (the object, kept alive; its JSON)
+        self._by_value: dict[tuple[type, Any], str] = {}
+        self._order: dict[frozenset, list[tuple[str, str]]] = {}  # key names -> sorted (name, '"name":')
+
+    def _enc(self, v: Any) -> str:
+        if isinstance(v, (dict, list)):
+            hit = self._by_id.get(id(v))
+            if hit is None:
+                hit = self._by_id[id(v)] = (v, _canon(v))
+            return hit[1]
+        try:
+            k = (type(v), v)
+            s = self._by_value.get(k)
+            if s is None:
+                s = self._by_value[k] = _canon(v)
+            return s
+        except TypeError:  # unhashable, not a dict or list
+            return _canon(v)
+
+    def __call__(self, key: dict[str, Any]) -> str:
+        names = frozenset(key)
+        order = self._order.get(names)
+        if order is None:
+            order = self._order[names] = [(k, _canon(str(k)) + ":") for k in sorted(key)]
+        enc = self._enc
+        blob = "{" + ",".join(head + enc(key[k]) for k, head in order) + "}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:ID_LEN]
+
+    def template(self, fixed: dict[str, Any], varying: tuple[str, ...]):
+        """A function of the *encoded* varying values (``self.encode(v)``, in ``varying`` order) giving the id
+        of ``{**fixed, **dict(zip(varying, values))}``: the fixed part is encoded once, here."""
+        segs, slots, cur = [], [], "{"
+        for i, k in enumerate(sorted([*fixed, *varying])):
+            cur += ("," if i else "") + _canon(str(k)) + ":"
+            if k in fixed:
+                cur += self._enc(fixed[k])
+            else:
+                segs.append(cur)
+                slots.append(varying.index(k))
+                cur = ""
+        segs.append(cur + "}")
+        pairs = list(zip(segs[1:], slots))
+        head, sha = segs[0], hashlib.sha256
+
+        def make(*values: str) -> str:
+            blob = head + "".join(values[slot] + seg for seg, slot in pairs)
+            return sha(blob.encode()).hexdigest()[:ID_LEN]
+
+        return make
+
+    encode = _enc
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
     stage: int
@@ -140,6 +206,10 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     _check_poolings(spec, hosts, source)
     plan = Plan(spec, hosts=hosts)
     stage1: dict[tuple, Run] = {}
+    make_id = IdMaker()
+    enc = make_id.encode
+    conds = [(c, enc(c), ph, enc(ph)) for c in spec.conditions
+             for ph in [spec.port_head if c in ("ported", "sampled") else None]]
     ft = spec.further_training.model_dump()
     ot = spec.origin_training.model_dump()
     settings1 = {k: ot[k] for k in SETTINGS}
@@ -147,35 +217,41 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}
     ft_eval = {k: ft[k] for k in EVAL_FIELDS}
     ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}
+    regs = [(r, enc(r), tr, enc(tr)) for r in spec.regimes for tr in [ft_train if r else ft_eval]]
     for technique, params in ((t, p) for t in spec.techniques for p in spec.variants_for(t)):
         training1 = {**ot_train, "steps": params.get("steps", ot["steps"])}
         variant = variant_label(spec, technique, params)
         for origin_name, recv_name in spec.directed_pairs():
             origin, recv = spec.host(origin_name), spec.host(recv_name)
             pair = f"{origin_name}->{recv_name}"
+            recv_host = _host_key(hosts[recv_name])
+            origin_host = _host_key(hosts[origin_name])
             for ds in spec.datasets:
                 dsd = {**ds.model_dump(mode="json", exclude={"name"}), "split_version": SPLIT_VERSION}
+                id2 = make_id.template({"stage": 2, "host": recv_host, "task": recv.task, "technique": technique,
+                                        "params": params, "dataset": dsd}, VARYING2)
                 for seed in spec.seeds:
                     k1 = (technique, variant, origin_name, ds.name, seed)
                     if k1 not in stage1:
                         key = {"stage": 1, "technique": technique, "params": params,
-                               "host": _host_key(hosts[origin_name]), "task": origin.task, "dataset": dsd,
+                               "host": origin_host, "task": origin.task, "dataset": dsd,
                                "seed": seed, "training": training1}
                         labels = {"origin_host": origin_name, "host_pair": origin_name, "dataset": ds.name,
                                   "variant": variant}
-                        stage1[k1] = Run(run_id(key), 1, key, labels, settings=settings1)
+                        stage1[k1] = Run(make_id(key), 1, key, labels, settings=settings1)
                     s1 = stage1[k1]
-                    for condition in spec.conditions:
-                        for regime in spec.regimes:
-                            key = {"stage": 2, "origin": s1.run_id, "host": _host_key(hosts[recv_name]),
+                    labels2 = {"origin_host": origin_name, "receiving_host": recv_name, "host_pair": pair,
+                               "dataset": ds.name, "variant": variant}  # shared by the seed's stage-2 runs
+                    e_origin, e_seed = enc(s1.run_id), enc(seed)
+                    for condition, e_cond, port_head, e_port in conds:
+                        needs = s1.run_id if condition != "scratch" else None
+                        for regime, e_regime, training, e_training in regs:
+                            key = {"stage": 2, "origin": s1.run_id, "host": recv_host,
                                    "task": recv.task, "technique": technique, "params": params, "dataset": dsd,
                                    "seed": seed, "condition": condition, "regime": regime,
-                                   "training": ft_train if regime else ft_eval,
-                                   "port_head": spec.port_head if condition in ("ported", "sampled") else None}
-                            labels = {"origin_host": origin_name, "receiving_host": recv_name,
-                                      "host_pair": pair, "dataset": ds.name, "variant": variant}
-                            needs = s1.run_id if condition != "scratch" else None
-                            plan.stage2.append(Run(run_id(key), 2, key, labels, needs, s1.run_id, settings2))
+                                   "training": training, "port_head": port_head}
+                            rid = id2(e_cond, e_origin, e_port, e_regime, e_seed, e_training)
+                            plan.stage2.append(Run(rid, 2, key, labels2, needs, s1.run_id, settings2))
     plan.stage1 = list(stage1.values())
     ids = [r.run_id for r in plan.runs]
     if len(ids) != len(set(ids)):  # pragma: no cover - would need a hash collision

@@ -124,3 +124,36 @@ def test_a_learning_rate_grid_plans_one_set_of_runs_per_value():
     p = P.build(make(techniques=["lora"], seeds=[0], technique_params={"lora": {"lr": [0.001, 0.01]}}))
     assert {r.labels["variant"] for r in p.stage1} == {"lr=0.001", "lr=0.01"}
     assert len(p.stage1) == 2 * 2  # two lrs x two directions
+
+
+# The hosts of the committed-id spec: fixed identities (no files read), one not on "this machine".
+GOLDEN_HOSTS = {"a": {"model": "m1", "path": None, "fingerprint": "f" * 16, "pooling": "mean"},
+                "b": {"model": "m2", "path": None, "fingerprint": None, "pooling": "mean"}}
+
+
+def golden_spec(reverse=False):
+    d = copy.deepcopy(BASE)
+    d.update(techniques=["lora", "prefix"], conditions=["ported", "scratch", "sampled", "head-only"], seeds=[0, 1],
+             regimes=["zero-shot", 10], technique_params={"lora": {"lr": [1e-3, 3e-3]}})
+    return S.parse(dict(reversed(list(d.items()))) if reverse else d)
+
+
+def test_run_ids_equal_the_committed_list_whatever_the_key_order():
+    """Ids identify results across versions: a fixed spec's ids are committed (tests/specs/run_ids.json, computed
+    when the fast id maker came in -- the same ids as the plain sha256 of the canonical JSON) and must not move."""
+    import json
+
+    want = json.loads((Path(__file__).parent / "specs" / "run_ids.json").read_text())
+    for reverse in (False, True):
+        plan = P.build(golden_spec(reverse), hosts=GOLDEN_HOSTS)
+        assert [r.run_id for r in plan.runs] == want
+        assert all(P.run_id(r.key) == r.run_id for r in plan.runs)  # the reference definition
+
+
+def test_id_maker_matches_run_id_on_any_key_order():
+    make = P.IdMaker()
+    shared = {"z": [1, {"b": 2, "a": 1.5}], "a": None}
+    for key in ({"b": 1, "a": "x", "n": shared}, {"n": shared, "a": "x", "b": 1}, {"t": True, "f": 0.1, "u": "é"}):
+        assert make(key) == P.run_id(key) == P.run_id(dict(reversed(list(key.items()))))
+    t = make.template({"b": 1, "n": shared}, ("a", "c"))
+    assert t(make.encode("x"), make.encode(3)) == P.run_id({"c": 3, "a": "x", "b": 1, "n": shared})
