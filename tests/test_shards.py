@@ -87,3 +87,69 @@ def test_concurrent_merges_never_tear_results(tmp_path):
     t = pq.read_table(tmp_path / "results.parquet")
     assert t.num_rows == 200 and len(set(t.column("run_id").to_pylist())) == 200
     assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
+
+
+def _ids(path):
+    return sorted(pq.read_table(path).column("run_id").to_pylist())
+
+
+def test_merge_is_incremental_reads_only_new_shards_and_keeps_a_fixed_schema(tmp_path):
+    d = tmp_path / "shards"
+    for i in range(30):
+        shards.write(d / f"r{i:02d}.parquet", row(f"r{i:02d}"))
+    shards.write(d / "s1.parquet", {**row("s1", stage=1), "module_sha256": "x", "condition": None})
+    first = merge.merge(tmp_path, warn=lambda m: None)
+    assert first.read == 31 and first.rows == 31
+    again = merge.merge(tmp_path, warn=lambda m: None)
+    assert again.read == 0 and again.rows == 31  # nothing new: no shard opened
+    for i in range(30, 35):
+        shards.write(d / f"r{i:02d}.parquet", row(f"r{i:02d}"))
+    (d / "torn.parquet").write_bytes(b"PAR1\x00\x01")
+    warned = []
+    res = merge.merge(tmp_path, warn=warned.append)
+    assert res.read == 6 and res.rows == 36  # the 5 new shards and the torn one, nothing else
+    assert [f for f, _ in res.quarantined] == [str(d / "torn.parquet")] and (tmp_path / "quarantine" / "torn.parquet").exists()
+    assert len(warned) == 1 and "torn.parquet" in warned[0]
+    assert _ids(tmp_path / "results.parquet") == sorted([f"r{i:02d}" for i in range(35)] + ["s1"])
+    t = pq.read_table(tmp_path / "results.parquet")
+    assert t.schema.names[:len(shards.RESULT_SCHEMA)] == shards.RESULT_SCHEMA.names
+    assert all(not str(f.type) == "null" for f in t.schema)  # no null-typed column, stage 1 and 2 alike
+    assert t.schema.field("module_sha256").type == "string" and t.schema.field("regime").type == "int64"
+    # the store is a dataset readable as one table, equal to results.parquet
+    ds = pq.read_table(tmp_path / merge.STORE / "results")
+    assert sorted(ds.column("run_id").to_pylist()) == _ids(tmp_path / "results.parquet")
+
+
+def test_rewritten_shard_newer_row_wins_and_is_reported(tmp_path):
+    d = tmp_path / "shards"
+    for i in range(4):
+        shards.write(d / f"r{i}.parquet", row(f"r{i}", accuracy=0.1))
+    merge.merge(tmp_path, warn=lambda m: None)
+    shards.write(d / "r2.parquet", row("r2", accuracy=0.9))  # rerun: a newer shard under the same name
+    os.utime(d / "r2.parquet", ns=(os.stat(d / "r2.parquet").st_atime_ns, os.stat(d / "r2.parquet").st_mtime_ns + 10**9))
+    warned = []
+    res = merge.merge(tmp_path, warn=warned.append)
+    assert res.read == 1 and res.replaced == ["r2"] and res.rows == 4 and res.compacted
+    assert any("rewritten" in w and "r2" in w for w in warned)
+    rows = {r["run_id"]: r["accuracy"] for r in pq.read_table(tmp_path / "results.parquet").to_pylist()}
+    assert rows == {"r0": 0.1, "r1": 0.1, "r2": 0.9, "r3": 0.1}
+    ds = pq.read_table(tmp_path / merge.STORE / "results")  # compacted: one row per run in the dataset too
+    assert ds.num_rows == 4
+    # a shard that goes away (moved by hand) leaves the results at the next merge
+    (d / "r0.parquet").unlink()
+    assert merge.merge(tmp_path, warn=lambda m: None).rows == 3 and _ids(tmp_path / "results.parquet") == ["r1", "r2", "r3"]
+
+
+def test_many_parts_are_compacted_and_a_broken_manifest_means_a_full_merge(tmp_path, monkeypatch):
+    monkeypatch.setattr(merge, "CHUNK", 2)
+    monkeypatch.setattr(merge, "COMPACT_AT", 3)
+    d = tmp_path / "shards"
+    for i in range(9):
+        shards.write(d / f"r{i}.parquet", row(f"r{i}"))
+    res = merge.merge(tmp_path, warn=lambda m: None)
+    assert res.rows == 9 and res.compacted
+    assert len(list((tmp_path / merge.STORE / "results").glob("*.parquet"))) == 1
+    (tmp_path / merge.STORE / "manifest.json").write_text("{torn")
+    (tmp_path / merge.STORE / "results" / "part-99999999.parquet").write_bytes(b"junk")  # not in any manifest
+    res = merge.merge(tmp_path, warn=lambda m: None)
+    assert res.read == 9 and res.rows == 9 and _ids(tmp_path / "results.parquet") == [f"r{i}" for i in range(9)]

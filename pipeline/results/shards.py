@@ -22,6 +22,48 @@ from ..sweep import code_version
 
 REQUIRED = ("run_id", "stage", "technique", "seed", "accuracy", "macro_f1")
 
+_S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+# One Arrow schema for a result row, stage 1 and stage 2 alike (the union of what pipeline.run writes: the plan's
+# columns, training and evaluation metrics, port checks, provenance).  Merged results are cast to it, so every
+# reader sees the same columns with the same types (a column a stage never fills is null, never null-typed).
+RESULT_SCHEMA = pa.schema([
+    # the planned run (plan.PLAN_COLUMNS, config and settings)
+    ("run_id", _S), ("stage", _I), ("technique", _S), ("origin_host", _S), ("receiving_host", _S), ("host_pair", _S),
+    ("dataset", _S), ("variant", _S), ("seed", _I), ("condition", _S), ("regime", _I), ("needs", _S),
+    ("origin_run", _S), ("config_json", _S), ("settings_json", _S),
+    # training and evaluation (pipeline.run.train)
+    ("train_steps", _I), ("train_time_s", _F), ("train_samples_per_s", _F), ("train_loss", _F),
+    ("accuracy", _F), ("macro_f1", _F), ("auc", _F), ("eval_loss", _F), ("eval_time_s", _F), ("eval_samples_per_s", _F),
+    ("eval_examples", _I), ("pred_positive_rate", _F), ("eval_pos_rate", _F), ("majority_acc", _F),
+    # stage 1: the saved module; stage 2: the port (pipeline.run.port)
+    ("module_sha256", _S), ("module_tensors", _I), ("module_parameters", _I),
+    ("origin_module_sha256", _S), ("port_exact", _B), ("ported_tensors", _I), ("ported_parameters", _I),
+    ("sample_mean_err", _F), ("sample_std_err", _F),
+    # the run's settings and cost (pipeline.run.runner)
+    ("lr", _F), ("head_lr", _F), ("pooling", _S), ("train_examples", _I), ("train_pos_rate", _F),
+    ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("trainable_parameters", _I),
+    # provenance()
+    ("v_torch", _S), ("v_transformers", _S), ("v_peft", _S), ("v_accelerate", _S), ("v_datasets", _S),
+    ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S),
+    ("slurm_job_id", _S), ("slurm_array_task_id", _S), ("finished_at", _S),
+])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns first, each cast to its type (null where absent), then any other
+    columns it has (null-typed ones as strings).  Raises (pyarrow) when a value cannot be cast."""
+    cols, names = [], []
+    for f in schema:
+        i = table.schema.get_field_index(f.name)
+        cols.append(table.column(i).cast(f.type) if i >= 0 else pa.nulls(table.num_rows, f.type))
+        names.append(f.name)
+    for f in table.schema:
+        if schema.get_field_index(f.name) < 0:
+            col = table.column(f.name)
+            cols.append(col.cast(pa.string()) if pa.types.is_null(f.type) else col)
+            names.append(f.name)
+    return pa.Table.from_arrays(cols, names=names)
+
 
 def shard_path(sweep_dir: Path, run_id: str) -> Path:
     return Path(sweep_dir) / "shards" / f"{run_id}.parquet"
