@@ -1,7 +1,9 @@
 """Work that a benchmark measures in a fresh process (real start-up, its own peak memory).
 
     python benches/child.py pack SWEEP_DIR RUN_ID[,RUN_ID...]   RunPack over the runs (one process)
-    python benches/child.py merge SWEEP_DIR                      pipeline.results.merge.merge
+    python benches/child.py merge SWEEP_DIR                      pipeline.results.merge.merge from scratch
+    python benches/child.py remerge SWEEP_DIR EXTRA_DIR          link EXTRA_DIR's shards in, merge again (timed),
+                                                                 unlink them
     python benches/child.py pandas SWEEP_DIR OUT                 naive: pandas.read_parquet per shard + concat
 
 Prints one JSON line: seconds of the work itself, peak RSS before and after it.
@@ -45,22 +47,28 @@ def main(argv: list[str]) -> None:
         res = RunPack(str(root), argv[2].split(","))()
         out["done"] = len(res["done"])
     elif what == "merge":
-        import duckdb
+        import shutil
 
-        from pipeline.results.merge import merge
+        from pipeline.results.merge import STORE, merge
 
-        real_connect = duckdb.connect
-
-        def connect(*a, **k):  # merge() connects right after its footer checks: split the time there
-            out["footers_s"] = time.perf_counter() - t0
-            out["rss_after_footers_mb"] = rss_mb()
-            return real_connect(*a, **k)
-
-        duckdb.connect = connect
+        shutil.rmtree(root / STORE, ignore_errors=True)  # from scratch: no manifest, no dataset
+        (root / "results.parquet").unlink(missing_ok=True)
         before = rss_mb()
         t0 = time.perf_counter()
         res = merge(root, warn=lambda m: None)
-        out["rows"] = res.rows
+        out.update(rows=res.rows, read=res.read)
+    elif what == "remerge":
+        from pipeline.results.merge import merge
+
+        extra = sorted(Path(argv[2]).glob("*.parquet"))
+        for f in extra:
+            os.link(f, root / "shards" / f.name)
+        before = rss_mb()
+        t0 = time.perf_counter()
+        res = merge(root, warn=lambda m: None)
+        out.update(rows=res.rows, read=res.read, seconds=time.perf_counter() - t0)
+        for f in extra:
+            (root / "shards" / f.name).unlink()
     elif what == "pandas":
         import pandas as pd
 
@@ -72,7 +80,8 @@ def main(argv: list[str]) -> None:
         out["rows"] = len(df)
     else:
         raise SystemExit(f"unknown child task {what!r}")
-    out.update(seconds=time.perf_counter() - t0, rss_before_mb=before, rss_peak_mb=rss_mb())
+    out.setdefault("seconds", time.perf_counter() - t0)
+    out.update(rss_before_mb=before, rss_peak_mb=rss_mb())
     print(json.dumps(out))
 
 

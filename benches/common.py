@@ -131,6 +131,8 @@ class Sizes:
     # 4. merge
     merge_shards: tuple[int, int]  # (small, large): memory must be flat between them
     merge_repeats: int  # the naive baseline alone takes minutes at 10,000 shards
+    merge_new: int  # shards added before the incremental re-merge
+    light_repeats: int  # subprocess timings of `pipeline plan` / `pipeline status` vs `import torch`
 
     @property
     def plan_runs(self) -> int:
@@ -139,10 +141,12 @@ class Sizes:
 
 FULL = Sizes(smoke=False, repeats=3, host="embedded:all-minilm-l6-v2", n_train=1024, n_eval=512, batch=32,
              eval_batch=64, max_length=64, warmup_steps=2, trainer_window=16, pack_k=8, pack_steps=16, plan_seeds=200,
-             done_fraction=0.9, merge_shards=(2000, 10000), merge_repeats=2)
+             done_fraction=0.9, merge_shards=(2000, 10000), merge_repeats=2, merge_new=100,
+             light_repeats=5)
 SMOKE = Sizes(smoke=True, repeats=1, host="embedded:tiny-bert-a", n_train=32, n_eval=32, batch=16, eval_batch=16,
               max_length=32, warmup_steps=1, trainer_window=2, pack_k=2, pack_steps=2, plan_seeds=2, done_fraction=0.9,
-              merge_shards=(50, 100), merge_repeats=1)
+              merge_shards=(50, 100), merge_repeats=1, merge_new=10,
+              light_repeats=1)
 
 
 # ---------------------------------------------------------------- environment

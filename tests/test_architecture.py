@@ -187,3 +187,18 @@ def test_declarations_match_the_torch_side(technique):
     if technique in ("bottleneck", "compacter"):  # the project's own: every field declared, same defaults
         assert set(t.params) == set(fields)
         assert {k: v for k, v in t.defaults.items() if k != "lr"} == dataclasses.asdict(config())
+
+
+@pytest.mark.parametrize("command", ["status", "merge"])
+def test_light_commands_import_no_torch(command, tmp_path):
+    """`pipeline status` and `pipeline merge` on a login node pay for no torch either."""
+    sweep = tmp_path / "sweep"
+    code = ("import sys\nfrom pipeline.results import shards\nfrom pipeline.cli import main\n"
+            f"shards.write(__import__('pathlib').Path({str(sweep / 'shards' / 'r1.parquet')!r}), "
+            "{'run_id': 'r1', 'stage': 2, 'technique': 'lora', 'seed': 0, 'accuracy': 0.5, 'macro_f1': 0.4})\n"
+            f"rc = main([{command!r}, {str(sweep)!r}])\n"
+            f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+            "print('RC', rc, 'HEAVY', heavy)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-2000:]
+    assert last.startswith("RC ") and last.endswith("HEAVY []"), (last, p.stderr[-2000:])

@@ -261,8 +261,13 @@ def _bad(sweep_root: Path, path: Path, reason: str, sub: str, res: MergeResult) 
     res.quarantined.append((str(path), said))
 
 
+def _read_file(path: Path) -> pa.Table:
+    with open(path, "rb") as fh:  # ParquetFile, not read_table: no pyarrow.dataset start-up for one file
+        return pq.ParquetFile(fh).read()
+
+
 def _read_parts(parts: list[Path], pool: ThreadPoolExecutor) -> list[pa.Table]:
-    return list(pool.map(pq.read_table, parts))
+    return list(pool.map(_read_file, parts))
 
 
 def _compose_results(store: _Store, live: set[str], pool: ThreadPoolExecutor) -> tuple[pa.Table | None, bool]:
