@@ -6,7 +6,8 @@ never import this module.
 
     plan     spec -> plan -> dry run (pipeline.plan, pipeline.cost, pipeline.launch.layout)
     run      spec -> plan -> local workers -> merge -> summary (pipeline.launch.local, pipeline.results)
-    sweep    spec -> plan -> Slurm job arrays (pipeline.launch.slurm)
+    sweep    spec -> plan -> hub names checked offline -> Slurm job arrays (pipeline.run.fetch, pipeline.launch.slurm)
+    fetch    spec -> hub hosts and datasets into the HF cache, checked offline (pipeline.run.fetch)
     resume   sweep folder -> the failed and missing runs, resubmitted (pipeline.launch.slurm)
     status   sweep folder -> every run's state (pipeline.launch.status)
     merge    shards -> results.parquet (pipeline.results.merge)
@@ -126,10 +127,32 @@ def cmd_sweep(a, console) -> int:
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
                          f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
     spec, plan, sweep = prepare(a.spec, overrides=a.set)  # checks everything before anything is submitted
+    _fetch(spec, _source(a.spec, a.set), console)  # jobs run offline: every hub name must be in the HF cache
     sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}", highlight=False)
     submit_pending(sweep, console, str(sweep.root) if a.set else a.spec, spec)
+    return 0
+
+
+def _fetch(spec, source: str, console, download: bool = True) -> dict:
+    from .run.fetch import fetch
+
+    return fetch(spec, source, download=download, say=lambda m: console.print(m, highlight=False))
+
+
+def cmd_fetch(a, console) -> int:
+    from .hub import cache_dir
+
+    spec = check(a.spec, a.set)
+    names = _fetch(spec, _source(a.spec, a.set), console)
+    if not names["hosts"] and not names["datasets"]:
+        console.print("nothing to fetch: the spec names no hub host or dataset (embedded or local only)")
+        return 0
+    for kind in ("hosts", "datasets"):
+        for name in names[kind]:
+            console.print(f"{kind[:-1]} {name}: in the HF cache, loads offline", highlight=False)
+    console.print(f"cache: {cache_dir()} (jobs run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)", highlight=False)
     return 0
 
 
@@ -250,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="sweep spec (YAML)")
     _add_set(s)
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("fetch", help="download the spec's hub hosts and datasets into the HF cache and check "
+                                     "they load offline (compute nodes run offline)")
+    s.add_argument("spec", help="sweep spec (YAML)")
+    _add_set(s)
+    s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("resume", help="resubmit exactly the failed and missing runs of a sweep (Slurm)")
     s.add_argument("target", help="sweep spec or sweep folder")
