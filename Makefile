@@ -12,7 +12,7 @@ SET   ?=
 SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep status resume merge summary report test test-fast \
+.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
         bench bench-smoke lint slurm-up slurm-down clean
 
 help: ## list the targets
@@ -84,6 +84,9 @@ report: $(STAMP) ## write SWEEP's report (tables, figures, paired statistics) to
 
 sweep: $(STAMP) ## submit SPEC to Slurm as job arrays (stage 2 waits for stage 1) and return once queued
 	$(RUN) sweep $(SPEC) $(SETARGS)
+
+fetch: $(STAMP) ## download SPEC's hub hosts and datasets into the HF cache and check they load offline (login node)
+	$(RUN) fetch $(SPEC) $(SETARGS)
 
 status: $(STAMP) ## SWEEP's runs by stage x state (done/pending/running/failed/...), failed runs' errors
 	$(RUN) status $(SWEEP)
