@@ -7,9 +7,12 @@ RUN   := $(BIN)/python -m pipeline
 SPEC  ?= sweeps/demo.yaml
 SWEEP ?= $(SPEC)
 WORKERS ?= 2
+SET   ?=
+# SET='seeds=[0,1] origin_training.steps=50': one --set per word (no spaces inside a value)
+SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep status resume merge summary report test test-fast \
+.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
         bench bench-smoke lint slurm-up slurm-down clean
 
 help: ## list the targets
@@ -44,10 +47,10 @@ drift: $(STAMP) ## ported zero-shot retention vs host distance (sweeps/drift.yam
 	$(RUN) report sweeps/drift.yaml
 
 dry-run: $(STAMP) ## show the plan of SPEC (runs per stage, sample runs, layout) without running anything
-	$(RUN) plan $(SPEC)
+	$(RUN) plan $(SPEC) $(SETARGS)
 
 run: $(STAMP) ## run SPEC locally (submitit local executor), then merge
-	$(RUN) run $(SPEC) --workers $(WORKERS)
+	$(RUN) run $(SPEC) --workers $(WORKERS) $(SETARGS)
 
 merge: $(STAMP) ## merge SWEEP's shards into results.parquet
 	$(RUN) merge $(SWEEP)
@@ -80,7 +83,10 @@ report: $(STAMP) ## write SWEEP's report (tables, figures, paired statistics) to
 	$(RUN) report $(SWEEP)
 
 sweep: $(STAMP) ## submit SPEC to Slurm as job arrays (stage 2 waits for stage 1) and return once queued
-	$(RUN) sweep $(SPEC)
+	$(RUN) sweep $(SPEC) $(SETARGS)
+
+fetch: $(STAMP) ## download SPEC's hub hosts and datasets into the HF cache and check they load offline (login node)
+	$(RUN) fetch $(SPEC) $(SETARGS)
 
 status: $(STAMP) ## SWEEP's runs by stage x state (done/pending/running/failed/...), failed runs' errors
 	$(RUN) status $(SWEEP)

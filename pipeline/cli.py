@@ -6,7 +6,8 @@ never import this module.
 
     plan     spec -> plan -> dry run (pipeline.plan, pipeline.cost, pipeline.launch.layout)
     run      spec -> plan -> local workers -> merge -> summary (pipeline.launch.local, pipeline.results)
-    sweep    spec -> plan -> Slurm job arrays (pipeline.launch.slurm)
+    sweep    spec -> plan -> hub names checked offline -> Slurm job arrays (pipeline.run.fetch, pipeline.launch.slurm)
+    fetch    spec -> hub hosts and datasets into the HF cache, checked offline (pipeline.run.fetch)
     resume   sweep folder -> the failed and missing runs, resubmitted (pipeline.launch.slurm)
     status   sweep folder -> every run's state (pipeline.launch.status)
     merge    shards -> results.parquet (pipeline.results.merge)
@@ -49,28 +50,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def check(spec_path: str):
-    """Load the spec and check everything that can be checked before any host is built: every field
-    (technique hyperparameters included) and that each host pair has one shape."""
+def _source(spec_path: str, overrides=()) -> str:
+    """How messages name the spec: its file, plus the command line's overrides."""
+    return spec_path + "".join(f" --set {o}" for o in overrides or ())
+
+
+def check(spec_path: str, overrides=()):
+    """Load the spec (with ``--set`` overrides applied) and check everything that can be checked
+    before any host is built: every field (technique hyperparameters included) and that each host
+    pair has one shape."""
     from .shapes import check_pairs
     from .spec import load
 
-    spec = load(spec_path)
-    check_pairs(spec, spec_path)
+    spec = load(spec_path, overrides or ())
+    check_pairs(spec, _source(spec_path, overrides))
     return spec
 
 
-def prepare(spec_path: str, build_hosts: bool = True):
-    """What ``run``, ``sweep`` and ``plan`` open with: load and check the spec, make its hosts
-    available (``build_hosts``: build embedded ones now, so run ids carry their fingerprints),
-    and plan.  Returns (spec, plan, sweep)."""
+def prepare(spec_path: str, build_hosts: bool = True, overrides=()):
+    """What ``run``, ``sweep`` and ``plan`` open with: load and check the spec (``overrides``: the
+    ``--set KEY=VALUE`` of the command line), make its hosts available (``build_hosts``: build
+    embedded ones now, so run ids carry their fingerprints), and plan.  Returns (spec, plan, sweep)."""
     from . import plan as planmod
     from .sweep import Sweep
 
-    spec = check(spec_path)
+    spec = check(spec_path, overrides)
     if build_hosts:
         planmod.ensure_hosts(spec)
-    return spec, planmod.build(spec, source=spec_path), Sweep.for_spec(spec)
+    return spec, planmod.build(spec, source=_source(spec_path, overrides)), Sweep.for_spec(spec)
 
 
 # ---------------------------------------------------------------- commands
@@ -80,7 +87,7 @@ def cmd_plan(a, console) -> int:
     from .launch.queue import max_array_size
     from .plan import print_plan
 
-    spec, plan, sweep = prepare(a.spec, build_hosts=False)
+    spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set)
     print_plan(console, spec, plan, sweep, rows=a.rows)
     if plan.unresolved:
         console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
@@ -97,16 +104,16 @@ def cmd_run(a, console) -> int:
 
     if a.workers < 1:
         raise UsageError("pipeline run: --workers must be at least 1")
-    spec, plan, sweep = prepare(a.spec)
-    sweep.write(spec, plan)
+    spec, plan, sweep = prepare(a.spec, overrides=a.set)
+    sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}")
     counts = run_local(sweep, workers=a.workers, debug=a.debug, console=console)
     res = _merge(sweep, console)
     print_summary(console, sweep, res)
     if counts["failed"]:
-        console.print(f"[red]{counts['failed']} pack(s) had failed runs[/red]: see `pipeline status {a.spec}`; "
-                      f"`pipeline run {a.spec}` again runs only what is missing")
+        console.print(f"[red]{counts['failed']} pack(s) had failed runs[/red]: see `pipeline status {sweep.root}`; "
+                      f"`pipeline run {_source(a.spec, a.set)}` again runs only what is missing")
         return 1
     return 0
 
@@ -115,15 +122,37 @@ def cmd_sweep(a, console) -> int:
     from .launch.queue import have_slurm
     from .launch.slurm import submit_pending
 
-    check(a.spec)  # a bad spec is a bad spec, with or without Slurm
+    check(a.spec, a.set)  # a bad spec is a bad spec, with or without Slurm
     if not have_slurm():
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
                          f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
-    spec, plan, sweep = prepare(a.spec)  # checks everything before anything is submitted
-    sweep.write(spec, plan)
+    spec, plan, sweep = prepare(a.spec, overrides=a.set)  # checks everything before anything is submitted
+    _fetch(spec, _source(a.spec, a.set), console)  # jobs run offline: every hub name must be in the HF cache
+    sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}", highlight=False)
-    submit_pending(sweep, console, a.spec, spec)
+    submit_pending(sweep, console, str(sweep.root) if a.set else a.spec, spec)
+    return 0
+
+
+def _fetch(spec, source: str, console, download: bool = True) -> dict:
+    from .run.fetch import fetch
+
+    return fetch(spec, source, download=download, say=lambda m: console.print(m, highlight=False))
+
+
+def cmd_fetch(a, console) -> int:
+    from .hub import cache_dir
+
+    spec = check(a.spec, a.set)
+    names = _fetch(spec, _source(a.spec, a.set), console)
+    if not names["hosts"] and not names["datasets"]:
+        console.print("nothing to fetch: the spec names no hub host or dataset (embedded or local only)")
+        return 0
+    for kind in ("hosts", "datasets"):
+        for name in names[kind]:
+            console.print(f"{kind[:-1]} {name}: in the HF cache, loads offline", highlight=False)
+    console.print(f"cache: {cache_dir()} (jobs run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)", highlight=False)
     return 0
 
 
@@ -217,6 +246,12 @@ def _positive(text: str) -> int:
     return n
 
 
+def _add_set(s) -> None:
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field (repeatable; VALUE is YAML, KEY dotted for nested fields): "
+                        "--set seeds=[0,1] --set origin_training.steps=50 --set technique_params.lora.lr=0.001")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pipeline", description="PEFT portability sweeps: plan, run, merge and report.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -224,17 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="dry run: the planned runs, cost estimate and Slurm layout; runs nothing")
     s.add_argument("spec", help="sweep spec (YAML)")
     s.add_argument("--rows", type=int, default=8, help="runs to show per stage (default 8)")
+    _add_set(s)
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("run", help="run a sweep on this machine (submitit local executor), then merge")
     s.add_argument("spec", help="sweep spec (YAML)")
     s.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
     s.add_argument("--debug", action="store_true", help="run in this process (submitit DebugExecutor)")
+    _add_set(s)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("sweep", help="submit a sweep to Slurm as job arrays (stage 2 after stage 1) and return")
     s.add_argument("spec", help="sweep spec (YAML)")
+    _add_set(s)
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("fetch", help="download the spec's hub hosts and datasets into the HF cache and check "
+                                     "they load offline (compute nodes run offline)")
+    s.add_argument("spec", help="sweep spec (YAML)")
+    _add_set(s)
+    s.set_defaults(fn=cmd_fetch)
 
     s = sub.add_parser("resume", help="resubmit exactly the failed and missing runs of a sweep (Slurm)")
     s.add_argument("target", help="sweep spec or sweep folder")

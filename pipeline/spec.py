@@ -368,5 +368,22 @@ def read_yaml(path: str | Path) -> Any:
         raise SpecError(f"{p}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
-def load(path: str | Path) -> Spec:
-    return parse(read_yaml(path), str(path))
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """The spec in ``path`` with ``overrides`` (``--set KEY=VALUE``) applied, validated as one: an
+    error in a field an override set names that override (``--set seeds=[x]: seeds[0]: ...``)."""
+    from .overrides import apply_overrides, override_for
+
+    data = read_yaml(path)
+    if not overrides:
+        return parse(data, str(path))
+    data = apply_overrides(data, overrides)
+    if not isinstance(data, dict):
+        return parse(data, str(path))
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        msg = _first_error(e)
+    culprit = override_for(msg, overrides)
+    if culprit is not None:
+        raise SpecError(f"--set {culprit}: {msg}")
+    raise SpecError(f"{path} (with {', '.join('--set ' + o for o in overrides)}): {msg}")

@@ -75,8 +75,10 @@ class Sweep:
         return self.root / "results.parquet"
 
     # -- spec and plan -------------------------------------------------------------
-    def write(self, spec: specmod.Spec, plan: planmod.Plan) -> None:
-        """Record the spec and its plan (idempotent: an existing plan must match)."""
+    def write(self, spec: specmod.Spec, plan: planmod.Plan, overrides: list[str] | tuple[str, ...] = ()) -> None:
+        """Record the spec and its plan (idempotent: an existing plan must match).  ``spec`` is the spec
+        as run, command-line ``--set`` overrides applied; they are also listed in ``sweep.json`` and at
+        the top of ``spec.yaml``, so the copy alone reproduces the sweep."""
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.root / "hosts.json", json.dumps(hosts_record(plan.hosts), indent=1, sort_keys=True))
         table = plan_table(plan)
@@ -85,9 +87,12 @@ class Sweep:
             new = set(table.column("run_id").to_pylist())
             if old == new:
                 return
-        atomic_write(self.root / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        header = "".join(f"# --set {o}\n" for o in overrides)
+        if header:
+            header = "# the spec as run, with these command-line overrides applied:\n" + header
+        atomic_write(self.root / "spec.yaml", header + yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         atomic_write(self.root / "sweep.json", json.dumps({
-            "name": spec.name, "spec_hash": spec.digest(), "code_version": code_version(),
+            "name": spec.name, "spec_hash": spec.digest(), "overrides": list(overrides), "code_version": code_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "runs": {"stage1": len(plan.stage1), "stage2": len(plan.stage2)}}, indent=1))
         with atomic_path(self.root / "plan.parquet") as tmp:

@@ -110,12 +110,18 @@ def job_name(spec, stage: int) -> str:
 
 
 def sbatch_params(spec, stage: int, throttle: int | None = None, dependency: str | None = None) -> dict:
-    """submitit SlurmExecutor parameters (sbatch-level names) of one stage's arrays."""
+    """submitit SlurmExecutor parameters (sbatch-level names) of one stage's arrays.  The script's setup
+    lines (before ``srun``) put the jobs in the hub's offline mode (``OFFLINE_ENV``): compute nodes often
+    have no internet, and everything a run loads from the hub was fetched into the HF cache on the login
+    node (``pipeline fetch``; ``pipeline sweep`` checks it before it submits)."""
     from submitit.slurm.slurm import _convert_mem
+
+    from ..hub import OFFLINE_ENV
 
     r = resources(spec, stage)
     p = {"job_name": job_name(spec, stage), "time": r.time_min, "cpus_per_task": r.cpus, "mem": _convert_mem(r.mem_gb),
-         "signal_delay_s": signal_delay(r.time_min), "array_parallelism": throttle or r.array_parallelism}
+         "signal_delay_s": signal_delay(r.time_min), "array_parallelism": throttle or r.array_parallelism,
+         "setup": [f"export {k}={v}" for k, v in OFFLINE_ENV.items()]}
     if r.gpus:
         p["gpus_per_node"] = r.gpus
     for k in ("partition", "account", "qos", "constraint"):

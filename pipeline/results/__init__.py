@@ -9,6 +9,28 @@
 * ``figures``  -- the report's figures (matplotlib, no pyplot)
 * ``sections`` -- the report's sections as prose and tables; ``prose`` -- its generated summary paragraph
 * ``document`` -- a tiny document model rendered to Markdown and self-contained HTML
+* ``frames``   -- ``load`` / ``predictions`` below: a sweep as pandas DataFrames, from Python
+
+    from pipeline import results
+    df = results.load("sweeps/demo.yaml")          # one row per planned run: plan, state, metrics
+    preds = results.predictions("sweeps/demo.yaml")  # one row per run and eval example
 
 Nothing here imports torch.
 """
+
+from __future__ import annotations
+
+
+def load(sweep):
+    """A sweep's results joined with its plan, one row per planned run (``state``: done / failed /
+    missing), as a pandas DataFrame; merges first if needed.  ``sweep``: a spec file or a sweep folder."""
+    from .frames import load as _load
+
+    return _load(sweep)
+
+
+def predictions(sweep):
+    """A sweep's per-example predictions as a pandas DataFrame (empty, with the columns, when none)."""
+    from .frames import predictions as _predictions
+
+    return _predictions(sweep)

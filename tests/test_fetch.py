@@ -1,0 +1,136 @@
+"""Compute nodes without internet: the sbatch scripts run jobs offline, ``pipeline fetch`` fills and checks the
+HF cache, and ``pipeline sweep`` refuses (one line, nothing submitted) a hub name that does not load offline.
+
+No hub is reachable here: the network is kept out with HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1 in the
+environment (downloads fail at once), and a cache is filled by writing the hub's snapshot layout by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipeline import hub
+from pipeline.cli import main
+from pipeline.hosts import resolve_host
+from pipeline.launch import layout as L
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network attempt: a download fails at once
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    return home
+
+
+def cache_host(home, repo: str, folder) -> None:
+    """Put a model folder into the HF cache as hub repo ``repo`` (refs/main -> snapshots/<sha>/)."""
+    d = home / "hub" / f"models--{repo.replace('/', '--')}"
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "main").write_text(SHA)
+    shutil.copytree(folder, d / "snapshots" / SHA)
+
+
+def test_sbatch_scripts_run_jobs_offline(tiny_spec, write_spec, capsys):
+    assert main(["plan", str(write_spec(tiny_spec)), "--rows", "1"]) == 0
+    out = capsys.readouterr().out
+    scripts = out.split("#!/bin/bash")[1:]
+    assert len(scripts) == 2  # one per stage
+    for script in scripts:
+        lines = script.splitlines()
+        srun = next(i for i, ln in enumerate(lines) if ln.startswith("srun "))
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            i = lines.index(f"export {var}=1")
+            assert i < srun  # set before the job's Python starts
+    assert L.sbatch_params(__import__("pipeline.spec", fromlist=["parse"]).parse(tiny_spec), 1)["setup"] == [
+        "export HF_HUB_OFFLINE=1", "export HF_DATASETS_OFFLINE=1"]
+
+
+def test_which_names_are_hub_names(tmp_path):
+    (tmp_path / "host").mkdir()
+    (tmp_path / "d.csv").write_text("text,label\n")
+    assert hub.is_hub_host("google/flan-t5-base") and not hub.is_hub_host("embedded:tiny-bert-a")
+    assert not hub.is_hub_host(str(tmp_path / "host"))
+    assert hub.is_hub_dataset("stanfordnlp/sst2") and hub.is_hub_dataset("sst2")
+    assert not hub.is_hub_dataset("embedded:rotten_tomatoes") and not hub.is_hub_dataset(str(tmp_path / "d.csv"))
+    assert not hub.is_hub_dataset("data/missing.parquet")  # a local file name, not a repo id
+
+
+def test_nothing_to_fetch_for_embedded_hosts_and_data(tiny_spec, write_spec, hf_home, capsys):
+    assert main(["fetch", str(write_spec(tiny_spec))]) == 0
+    assert "nothing to fetch" in capsys.readouterr().out
+
+
+@pytest.fixture
+def hub_spec(tiny_spec, write_spec, models_dir):
+    resolve_host("embedded:tiny-bert-a", models_dir)  # the folder the fake hub repo is made of
+
+    def make(host="fake-org/tiny-bert", dataset=None):
+        d = dict(tiny_spec, techniques=["lora"])
+        d["hosts"] = [{"name": "hub-a", "model": host}, {"name": "tiny-b", "model": "embedded:tiny-bert-b"}]
+        d["host_pairs"] = [["hub-a", "tiny-b"]]
+        if dataset:
+            d["datasets"] = [{"name": "hubdata", "source": dataset, "train_size": 16, "eval_size": 8}]
+        return write_spec(d)
+
+    return make
+
+
+def test_uncached_hub_host_fails_fetch_and_sweep_with_one_line(hub_spec, hf_home, capsys, monkeypatch):
+    spec = hub_spec("fake-org/not-cached")
+    assert main(["fetch", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {spec}: host 'hub-a' (fake-org/not-cached) does not load "
+                                                    "offline from the HF cache"), err
+    assert "pipeline fetch" in err and str(hf_home / "hub") in err
+
+    # sweep: the same check before anything is written or submitted
+    from pipeline.launch import queue, slurm
+
+    submitted = []
+    monkeypatch.setattr(queue, "have_slurm", lambda: True)
+    monkeypatch.setattr(slurm, "submit_pending", lambda *a, **k: submitted.append(a) or 1)
+    assert main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # (above it: progress of building the embedded host tiny-b)
+    assert err.startswith("error: ") and "host 'hub-a' (fake-org/not-cached) does not load offline" in err
+    assert not (spec.parent / "sweep" / "plan.parquet").exists()
+    assert not submitted
+
+
+def test_uncached_hub_dataset_fails_with_one_line(hub_spec, hf_home, capsys, models_dir):
+    cache_host(hf_home, "fake-org/tiny-bert", models_dir / "tiny-bert-a")
+    spec = hub_spec(dataset="fake-org/no-such-data")
+    assert main(["fetch", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset 'hubdata' (fake-org/no-such-data) does not load offline" in err, err
+
+
+def test_a_cache_filled_from_a_local_folder_loads_offline(hub_spec, hf_home, capsys, monkeypatch, models_dir):
+    cache_host(hf_home, "fake-org/tiny-bert", models_dir / "tiny-bert-a")
+    spec = hub_spec("fake-org/tiny-bert")
+    assert main(["fetch", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "host hub-a: in the HF cache, loads offline" in out and "fetching" not in out  # nothing downloaded
+
+    from pipeline.launch import queue, slurm
+
+    submitted = []
+    monkeypatch.setattr(queue, "have_slurm", lambda: True)
+    monkeypatch.setattr(slurm, "submit_pending", lambda *a, **k: submitted.append(a) or 1)
+    assert main(["sweep", str(spec)]) == 0
+    assert len(submitted) == 1  # the check passed, the sweep went on to submit
+
+
+def test_a_cached_snapshot_without_weights_is_refused(hub_spec, hf_home, capsys, models_dir, tmp_path):
+    folder = tmp_path / "noweights"
+    shutil.copytree(models_dir / "tiny-bert-a", folder)
+    (folder / "model.safetensors").unlink()
+    cache_host(hf_home, "fake-org/tiny-bert", folder)
+    assert main(["fetch", str(hub_spec("fake-org/tiny-bert"))]) == 2
+    assert "no weights" in capsys.readouterr().err
