@@ -123,6 +123,7 @@ def fig_budget(cells: pd.DataFrame, stage1: pd.DataFrame, dataset: str, metric: 
                            label="origin host (stage 1)")
                 drew_origin = True
             ax.set_xticks(range(len(regimes)), [regime_label(r).replace(" steps", "") for r in regimes])
+            ax.set_ylim(0, 1)  # a metric in [0, 1]: t-intervals of very few seeds run past it, and are cut here
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_title(tech, fontsize=11)
