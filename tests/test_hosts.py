@@ -324,9 +324,11 @@ def test_minilm_tweets_two_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_tweets_full_build(tmp_path):
-    path = Path(resolve_host("embedded:all-minilm-l6-v2-tweets", tmp_path))
-    assert local_host_dir("embedded:all-minilm-l6-v2-tweets", tmp_path) == path
+def test_minilm_tweets_full_build(models_dir):
+    """The demo's receiving host (built by `make demo` before the tests in CI, else here)."""
+    name = f"embedded:all-minilm-l6-v2-tweets-{hosts.MINILM_TWEETS_STEPS}"
+    path = Path(resolve_host(name, models_dir))
+    assert local_host_dir(name, models_dir) == path
     info = _check_minilm_tweets(path, steps=hosts.MINILM_TWEETS_STEPS)
     assert 0.0005 < info["mean_relative_weight_change"] < 0.1
     d = info["distance"]
