@@ -60,6 +60,17 @@ def atomic_write(path: Path | str, data: str | bytes, *, fsync: bool = False) ->
     return Path(path)
 
 
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @contextmanager
 def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``out_dir`` (by renames) once the block succeeds."""

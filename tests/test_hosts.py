@@ -14,18 +14,18 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from pipeline import hostdist, hosts
+from pipeline import hosts
 from pipeline.hosts import (
     EMBEDDED,
     EmbeddedHost,
     HostError,
     build_all,
-    build_minilm_tweets,
     default_pooling,
     fingerprint,
     local_host_dir,
     resolve_host,
 )
+from pipeline.run import hostbuild, hostdist
 
 CLASSIFIER = {"classifier.weight", "classifier.bias"}
 
@@ -55,7 +55,7 @@ def test_unknown_embedded_name_is_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value) and "embedded:tiny-bert-a" in str(err.value)
     assert isinstance(err.value, ValueError)
     with pytest.raises(HostError):
-        hosts.make_tiny_host("gpt", tmp_path / "x")
+        hostbuild.make_tiny_host("gpt", tmp_path / "x")
 
 
 def test_shipped_minilm_resolves_to_package_folder(tmp_path):
@@ -70,7 +70,7 @@ def test_concurrent_resolves_build_once(tmp_path, monkeypatch):
     def build(out: Path) -> None:
         calls.append(out)
         time.sleep(0.3)
-        with hosts._atomic_dir(out) as tmp:
+        with hostbuild._atomic_dir(out) as tmp:
             (tmp / "config.json").write_text("{}")
 
     monkeypatch.setitem(EMBEDDED, "fake", EmbeddedHost("bert", "test", build))
@@ -124,7 +124,7 @@ def test_build_all_none_means_all(tmp_path, monkeypatch):
 
     def build(out: Path) -> None:
         built.append(out.name)
-        with hosts._atomic_dir(out) as tmp:
+        with hostbuild._atomic_dir(out) as tmp:
             (tmp / "config.json").write_text("{}")
 
     table = hosts._EmbeddedTable({"x": EmbeddedHost("bert", "x", build), "y": EmbeddedHost("bert", "y", build)})
@@ -196,9 +196,9 @@ def test_default_pooling(tmp_path):
 def test_atomic_dir_replaces_only_on_success(tmp_path):
     out = tmp_path / "host"
     for text in ("one", "two"):
-        with hosts._atomic_dir(out) as tmp:
+        with hostbuild._atomic_dir(out) as tmp:
             (tmp / "f.txt").write_text(text)
-    with pytest.raises(RuntimeError), hosts._atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), hostbuild._atomic_dir(out) as tmp:
         (tmp / "f.txt").write_text("three")
         raise RuntimeError("build failed")
     assert (out / "f.txt").read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["host"]
@@ -316,7 +316,7 @@ def _check_minilm_tweets(path: Path, steps: int) -> dict:
 
 
 def test_minilm_tweets_two_steps(tmp_path):
-    out = build_minilm_tweets(tmp_path / "host", steps=2, progress=False, measure=False)
+    out = hostbuild.build_minilm_tweets(tmp_path / "host", steps=2, progress=False, measure=False)
     info = _check_minilm_tweets(out, steps=2)
     assert "distance" not in info and info["loss_first10"] is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host"]

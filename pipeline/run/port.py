@@ -8,23 +8,14 @@ never trains from a truncated or corrupt module.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from ..errors import ModuleError
-from ..files import atomic_path, atomic_write
+from ..files import atomic_path, atomic_write, sha256_file
 from ..techniques.base import is_head_param
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_module(state: dict[str, torch.Tensor], folder: Path, meta: dict) -> str:
@@ -33,7 +24,7 @@ def save_module(state: dict[str, torch.Tensor], folder: Path, meta: dict) -> str
 
     with atomic_path(folder / "module.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"run_id": str(meta.get("run_id"))})
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     info = {**meta, "sha256": digest, "tensors": len(state), "parameters": sum(v.numel() for v in state.values())}
     atomic_write(folder / "module.json", json.dumps(info, indent=1, sort_keys=True))
     return digest
@@ -49,7 +40,7 @@ def load_module(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
         info = json.loads(j.read_text())
     except (OSError, ValueError):
         raise ModuleError(f"module {folder.name}: unreadable {j.name}") from None
-    if _sha256(f) != info.get("sha256"):
+    if sha256_file(f) != info.get("sha256"):
         raise ModuleError(f"module {folder.name} fails its checksum (corrupt or truncated): rerun its stage-1 run")
     return load_file(str(f)), info
 

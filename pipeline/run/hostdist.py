@@ -27,7 +27,7 @@ trained on).  Everything is seeded and the samples depend only on the corpora,
 so numbers from different builds are comparable.  ~30 s for two MiniLM-sized
 hosts on 2 CPU cores.
 
-``python -m pipeline.hostdist [--models-dir DIR] BASE HOST [HOST ...]`` prints
+``python -m pipeline.run.hostdist [--models-dir DIR] BASE HOST [HOST ...]`` prints
 one JSON line per host (names as in a spec, e.g. ``embedded:...``), building
 embedded hosts that are missing -- a host-drift study in one command.
 """
@@ -49,7 +49,7 @@ PROBE = {"n_train": 2000, "n_test": 1000, "n_tweets": 0, "max_len": 64, "C": 1.0
 @functools.cache
 def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], seed: int = PROBE["seed"]):
     """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets."""
-    from .hosts import rotten_tomatoes_labelled
+    from .hostbuild import rotten_tomatoes_labelled
 
     by_label: dict[int, list[str]] = {0: [], 1: []}
     for text, label in rotten_tomatoes_labelled():
@@ -73,7 +73,7 @@ def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], s
 @functools.cache
 def tweet_sample(n: int = PROBE["n_tweets"], seed: int = PROBE["seed"]) -> tuple[str, ...]:
     """A fixed sample of ``n`` distinct tweets."""
-    from .hosts import tweets
+    from .hostbuild import tweets
 
     return tuple(random.Random(seed).sample(sorted(set(tweets())), n)) if n else ()
 
@@ -197,7 +197,7 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .hosts import HostError, resolve_host
+    from ..hosts import HostError, resolve_host
 
     parser = argparse.ArgumentParser(description="Distance and soundness of hosts relative to a base host.")
     parser.add_argument("base")
