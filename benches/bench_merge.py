@@ -1,5 +1,6 @@
 """4. Merge: N one-row shards -> one table.  ``pipeline.results.merge.merge`` (incremental: footer and data
-read by pyarrow in threads, chunk by chunk, into a dataset; atomic results.parquet) from scratch vs the naive script (``pandas.read_parquet`` per file, ``concat``, ``to_parquet``),
+read by pyarrow in threads, chunk by chunk, into a dataset; atomic results.parquet) from scratch vs the naive
+script (``pandas.read_parquet`` per file, ``concat``, ``to_parquet``),
 each in a fresh process (``benches/child.py``) so its peak RSS (VmHWM) is its own.
 
 Shards look like real ones: a planned run's row plus metrics and provenance (~45 columns, stage-1 and

@@ -123,12 +123,14 @@ def light(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     for rep in range(sizes.light_repeats):
         for k in (list(cmds) if rep % 2 == 0 else list(cmds)[::-1]):
             got[k].append(_wall(cmds[k], ROOT))
-    log(f"  light commands (s): " + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in got.items()))
+    log("  light commands (s): " + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in got.items()))
     figs = []
     for key, k, title in (("3c", "plan", "`pipeline plan sweeps/demo.yaml`"),
                           ("3d", "status", f"`pipeline status` on a {len(ids):,}-run sweep")):
+        over = "" if k == "plan" else (f" over sweeps/paper.yaml planned into a sweep folder with {len(done):,} shards "
+                                       "(empty files) and no Slurm jobs")
         how = (f"wall time of `python {' '.join(cmds[k][:3])} ...` in a fresh process (start-up and imports "
-               f"included){'' if k == 'plan' else f' over sweeps/paper.yaml planned into a sweep folder with {len(done):,} shards (empty files) and no Slurm jobs'}; "
+               f"included){over}; "
                f"baseline = `python -c 'import torch'` in the same repeat; {plural(sizes.light_repeats, 'repeat')}, "
                f"interleaved, after one untimed run of each")
         figs.append(Figure(key, title + ": wall time", "s", got[k], f"pipeline {k}", "import torch", got["torch"],
