@@ -28,14 +28,14 @@ $(STAMP): requirements.lock requirements-data.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv with the pinned stack (reused when up to date)
 
-hosts: $(STAMP) ## build the embedded second host (MiniLM further pretrained on tweets) into models/
+hosts: $(STAMP) ## build the embedded MiniLM pair into models/ (second host: 30 SimCSE steps on tweets, distance measured)
 	$(RUN) hosts
 
 demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the summary, write the report
 	$(RUN) run sweeps/demo.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo.yaml
 
-demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions (see README for its time)
+demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions, three seeds (~40 min)
 	$(RUN) run sweeps/demo-full.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo-full.yaml
 
