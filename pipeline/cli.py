@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import SlurmError, UsageError, UserError
 
-MINILM_PAIR = ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets"]  # what `pipeline hosts` builds by default
+MINILM_PAIR = ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets-30"]  # `pipeline hosts` by default: the demo's pair
 
 
 def calm_threads() -> None:
