@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .spec import GRID_KEYS, Spec
+from .spec import Spec
 
 ID_LEN = 12
 EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depends on of further_training
@@ -180,13 +180,6 @@ class Plan:
         return {r.run_id: r for r in self.runs}
 
 
-def variant_label(spec: Spec, technique: str, params: dict[str, Any]) -> str | None:
-    """'lr=0.003 steps=100' for a point of a tuning grid (only the keys that vary); None otherwise."""
-    given = spec.technique_params.get(technique, {})
-    keys = [k for k in GRID_KEYS if isinstance(given.get(k), list)]
-    return " ".join(f"{k}={params[k]:g}" for k in keys) or None
-
-
 def _host_key(info: dict[str, Any]) -> dict[str, Any]:
     return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling")}
 
@@ -218,9 +211,8 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     ft_eval = {k: ft[k] for k in EVAL_FIELDS}
     ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}
     regs = [(r, enc(r), tr, enc(tr)) for r in spec.regimes for tr in [ft_train if r else ft_eval]]
-    for technique, params in ((t, p) for t in spec.techniques for p in spec.variants_for(t)):
+    for technique, (variant, params) in ((t, v) for t in spec.techniques for v in spec.variants_for(t)):
         training1 = {**ot_train, "steps": params.get("steps", ot["steps"])}
-        variant = variant_label(spec, technique, params)
         for origin_name, recv_name in spec.directed_pairs():
             origin, recv = spec.host(origin_name), spec.host(recv_name)
             pair = f"{origin_name}->{recv_name}"

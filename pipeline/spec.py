@@ -208,16 +208,18 @@ class Spec(_Strict):
     def params_for(self, technique: str) -> dict[str, Any]:
         return {**techniques.get(technique).defaults, **self.technique_params.get(technique, {})}
 
-    def variants_for(self, technique: str) -> list[dict[str, Any]]:
-        """The technique's params, one dict per point of its grid: ``lr`` and ``steps`` may be lists
-        (a tuning sweep), every combination becomes its own set of runs."""
+    def variants_for(self, technique: str) -> list[tuple[str | None, dict[str, Any]]]:
+        """The technique's params, one ``(label, params)`` per point of its grid: ``lr`` and ``steps`` may
+        be lists (a tuning sweep) and every combination becomes its own set of runs, labelled by the keys
+        that vary (``'lr=0.003 steps=100'``); without a grid, one point labelled None."""
         import itertools
 
         base = self.params_for(technique)
-        axes = [(k, base[k]) for k in GRID_KEYS if isinstance(base.get(k), list)]
-        if not axes:
-            return [base]
-        return [{**base, **dict(zip([k for k, _ in axes], combo))} for combo in itertools.product(*[v for _, v in axes])]
+        keys = [k for k in GRID_KEYS if isinstance(base.get(k), list)]
+        if not keys:
+            return [(None, base)]
+        return [(" ".join(f"{k}={v:g}" for k, v in zip(keys, combo)), {**base, **dict(zip(keys, combo))})
+                for combo in itertools.product(*[base[k] for k in keys])]
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]

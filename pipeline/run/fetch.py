@@ -78,6 +78,14 @@ def _load_offline(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[str
                 AutoTokenizer.from_pretrained(repo)
             except Exception as e:  # noqa: BLE001 - any failure is a reason to report
                 failed[f"host {name}"] = _first_line(e)
+    failed.update(_load_datasets(datasets_))
+    return failed
+
+
+def _load_datasets(datasets_: dict[str, list]) -> dict[str, str]:
+    """Load every split of each dataset (offline or downloading, as the child's environment says);
+    ``{"dataset NAME": reason}`` of those that fail."""
+    failed: dict[str, str] = {}
     if datasets_:
         import datasets
 
@@ -102,14 +110,7 @@ def _download_here(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[st
             snapshot_download(repo)
         except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated, disk full, ...
             failed[f"host {name}"] = _first_line(e)
-    for name, (repo, splits) in datasets_.items():
-        try:
-            import datasets
-
-            for split in splits:
-                datasets.load_dataset(repo, split=split)
-        except Exception as e:  # noqa: BLE001
-            failed[f"dataset {name}"] = _first_line(e)
+    failed.update(_load_datasets(datasets_))
     return failed
 
 

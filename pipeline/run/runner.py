@@ -80,19 +80,18 @@ class HostCache:
         return copy.deepcopy(self._models[key])
 
 
-def make_task(cfg: dict, tokenizer, training: Training, path: str | None = None) -> Task:
-    ds = Dataset(name="_", **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
+def dataset_of(row: dict, cfg: dict) -> Dataset:
+    """The run's dataset spec from its planned config (the split recipe's version is hashed, not a field)."""
+    return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
+
+
+def make_task(cfg: dict, ds: Dataset, tokenizer, training: Training, path: str | None = None) -> Task:
     pooling = cfg["host"].get("pooling") or "cls"
     if pooling == "auto":
         from ..hosts import default_pooling
 
         pooling = default_pooling(path) if path else "cls"
     return Task(cfg["task"], tokenizer, tuple(ds.label_words), training.max_length, ds.template, pooling)
-
-
-def load_split(row: dict, cfg: dict):
-    ds = Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
-    return data.load(ds)
 
 
 def _head_only(model, task_kind: str):
@@ -121,8 +120,9 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     training = Training(**{**settings, **(cfg["training"] or {})})
     t_start = time.perf_counter()
     path = hosts.check(cfg["host"])
-    task = make_task(cfg, hosts.tokenizer(cfg["host"]["model"]), training, path)
-    train_split, eval_split = load_split(row, cfg)
+    ds = dataset_of(row, cfg)
+    task = make_task(cfg, ds, hosts.tokenizer(cfg["host"]["model"]), training, path)
+    train_split, eval_split = data.load(ds)
 
     torch.manual_seed(seed)
     model = hosts.model(cfg["host"]["model"], task)
