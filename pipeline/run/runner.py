@@ -22,7 +22,7 @@ from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
 from ..sweep import Sweep
-from . import data, port
+from . import data, export, port
 from . import techniques as RT
 from .tasks import Task
 
@@ -158,6 +158,8 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
         state = RT.module_state(model)
         sha = port.save_module(state, sweep.module(row["run_id"]), {"run_id": row["run_id"], "technique": cfg["technique"],
                                                                     "host": cfg["host"]["model"]})
+        export.save(model, sweep.module(row["run_id"]) / export.FOLDER, technique=cfg["technique"],
+                    params=cfg["params"], task=task, host=cfg["host"])
         checks.update({"module_sha256": sha, "module_tensors": len(state),
                        "module_parameters": sum(t.numel() for t in state.values())})
     result = {k: v for k, v in row.items()}

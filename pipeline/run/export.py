@@ -1,0 +1,122 @@
+"""Stage-1 modules as standard artefacts: peft's folder layout, loadable outside the pipeline.
+
+Every stage-1 run writes, beside the module the pipeline ports
+(``modules/<run_id>/module.safetensors``), a folder ``modules/<run_id>/adapter/``:
+
+* techniques peft implements (LoRA, prefix, prompt, IA3): ``model.save_pretrained``
+  -- ``adapter_config.json`` + ``adapter_model.safetensors``, the classification
+  head included as peft's ``modules_to_save`` -- so
+  ``peft.PeftModel.from_pretrained(host, folder)`` loads it;
+* the bottleneck adapter and Compacter (written here, not in peft): the same
+  two file names, with their own config (``{"technique": ..., "params": ...}``)
+  and every trainable tensor, head included;
+* ``pipeline_module.json``: what the host must be for the module to mean what it
+  meant in training -- technique, task, pooling, label words, max length, the
+  host's name and fingerprint.
+
+Two documented calls, both on a host you loaded yourself
+(``AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)``)::
+
+    from pipeline.run.export import load_module, prepare_host
+    model = load_module(host, "sweep/modules/<run_id>/adapter")   # any technique
+    # or, for a peft technique, through peft's own API:
+    model = peft.PeftModel.from_pretrained(prepare_host(host, folder), folder)
+
+``prepare_host`` gives the host the pooling and positions the pipeline trained
+with (``pipeline.run.pooling``) and, for prefix tuning on an encoder, the
+cache-argument shim; without it a mean-pooled host would classify from its
+untrained BERT pooler.  Loading the module into a *different* host of the same
+shape is porting: the tensors arrive bit-exactly (``tests/test_export.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModuleError
+from ..files import atomic_dir
+from ..techniques import get
+from ..techniques.base import CLASSIFICATION
+
+FOLDER = "adapter"
+CONFIG, WEIGHTS, SIDECAR = "adapter_config.json", "adapter_model.safetensors", "pipeline_module.json"
+FORMAT = "pipeline-module"  # the config's "format" for the in-project techniques
+
+
+def _is_peft(model: nn.Module) -> bool:
+    import peft
+
+    return isinstance(model, peft.PeftModel)
+
+
+def save(model: nn.Module, folder: Path, *, technique: str, params: dict[str, Any], task, host: dict) -> Path:
+    """Write ``folder`` (atomically, as a whole): the module in peft's layout + the sidecar."""
+    from safetensors.torch import save_file
+
+    from . import techniques as RT
+
+    meta = {"technique": technique, "params": params, "task": task.kind, "pooling": task.pooling,
+            "label_words": list(task.label_words), "max_length": task.max_length, "template": task.template,
+            "host": host.get("model"), "host_fingerprint": host.get("fingerprint")}
+    with atomic_dir(folder) as tmp:
+        if _is_peft(model):
+            model.save_pretrained(str(tmp))
+        else:
+            state = RT.module_state(model)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
+            (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "technique": technique, "params": params,
+                                                  "task": task.kind}, indent=1, sort_keys=True))
+        (tmp / SIDECAR).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return folder
+
+
+def read_meta(folder: Path | str) -> dict:
+    f = Path(folder) / SIDECAR
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        raise ModuleError(f"{f}: missing or unreadable: not a module folder the pipeline wrote") from None
+
+
+def prepare_host(host: nn.Module, folder: Path | str) -> nn.Module:
+    """Give a freshly loaded host the pooling, positions and shims the module was trained with."""
+    from . import pooling
+    from .techniques._peft import cache_shim
+
+    meta = read_meta(folder)
+    if meta["task"] != CLASSIFICATION:
+        return host
+    pool = pooling.find(host) or pooling.install(host, meta["pooling"])
+    impl = get(meta["technique"]).impl
+    if impl == "prompt":
+        pool.virtual_front = int(json.loads((Path(folder) / CONFIG).read_text())["num_virtual_tokens"])
+    if impl == "prefix":
+        host = cache_shim(host)
+    return host
+
+
+def load_module(host: nn.Module, folder: Path | str, *, trainable: bool = False) -> nn.Module:
+    """The host with the module in ``folder`` attached (eval mode unless ``trainable``)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    host = prepare_host(host, folder)
+    config = json.loads((folder / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(host, str(folder), is_trainable=trainable)
+    else:
+        from safetensors.torch import load_file
+
+        from . import port
+        from . import techniques as RT
+
+        model = RT.build(meta["technique"], host, meta["task"], config["params"])
+        port.load_into(model, load_file(str(folder / WEIGHTS)), include_head=True)
+        if not trainable:
+            model.requires_grad_(False)
+    return model if trainable else model.eval()
