@@ -58,8 +58,8 @@ merge: $(STAMP) ## merge SWEEP's shards into results.parquet
 summary: $(STAMP) ## print SWEEP's summary table
 	$(RUN) summary $(SWEEP)
 
-test: $(STAMP) ## the whole test suite; as root it first brings up the local Slurm the Slurm tests use
-	@if [ "$$(id -u)" = 0 ]; then bash slurm/cluster.sh start; \
+test: $(STAMP) ## the whole test suite; as root it first brings up the local Slurm and installs chromium (browser test)
+	@if [ "$$(id -u)" = 0 ]; then bash slurm/cluster.sh start; bash tests/setup_browser.sh; \
 	 else echo "not root: cannot start the local Slurm; its tests are skipped (PIPELINE_SKIP_SLURM=1)"; fi
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m pytest -q; \
 	 else PIPELINE_SKIP_SLURM=1 $(BIN)/python -m pytest -q; fi
