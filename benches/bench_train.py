@@ -98,6 +98,31 @@ def train_pipeline(env: Env) -> tuple[float, float, list[float]]:
     return _window(marks, env), _window(marks, env, env.sizes.trainer_window), marks
 
 
+def train_tracked(env: Env) -> list[float]:
+    """The pipeline's train() with the default tracker on (TensorBoard event files, as a sweep writes them)."""
+    from accelerate.tracking import TensorBoardTracker
+
+    from pipeline.run import tracking
+    from pipeline.run.train import accelerator, train
+
+    marks: list[float] = []
+    acc = accelerator("auto", [TensorBoardTracker("bench", str(env.tmp / "tb"), flush_secs=30)])
+    tracking.start(acc, "bench", {"technique": TECHNIQUE})
+    train(fresh_model(env), env.task, env.train.texts, env.train.labels, steps=env.cfg.steps, lr=LR, cfg=env.cfg,
+          seed=SEED, acc=acc, on_step=lambda _s: marks.append(time.perf_counter()))
+    tracking.finish(acc, env.cfg.steps, {"accuracy": 0.5})
+    return marks
+
+
+def tracking_overhead(tracked: list[float], plain: list[float], env: Env) -> float:
+    """Median over every measured step of (tracked step time / untracked step time) - 1, in % (same batches)."""
+    import statistics
+
+    w = env.sizes.warmup_steps
+    r = [(tracked[i] - tracked[i - 1]) / (plain[i] - plain[i - 1]) for i in range(w, min(len(tracked), len(plain)))]
+    return (statistics.median(r) - 1) * 100
+
+
 def train_bare(env: Env) -> tuple[float, list[float]]:
     """The same batches (pipeline.run.train.batches + Task.collate) through a minimal torch loop."""
     import torch
@@ -278,7 +303,8 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     eval_bare(env, warm, small)
     eval_trainer(env, warm, eval_ds.select(range(k)), "random")
 
-    tr = {n: [] for n in [*names, "pipeline16"]}
+    tr = {n: [] for n in [*names, "pipeline16", "tracked"]}
+    track: list[float] = []
     ev = {n: [] for n in names}
     per_step: list[float] = []
     for r in range(sizes.repeats):
@@ -292,6 +318,12 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
             elif n == "bare":
                 got, marks[n] = got
             tr[n].append(got)
+            if n == "pipeline":  # the tracked twin right beside it, before or after by turns
+                tracked = train_tracked(env)
+                track.append(tracking_overhead(tracked, marks[n], env))
+                tr["tracked"].append(_window(tracked, env))
+                log(f"  train tracked   repeat {r + 1}: {tr['tracked'][-1]:7.1f} samples/s, "
+                    f"{track[-1]:+.1f} % per step vs untracked")
             log(f"  train {n:9s} repeat {r + 1}: {tr[n][-1]:7.1f} samples/s"
                 + (f" ({short:.1f} over the bare loop's {sizes.trainer_window} steps)" if n == "pipeline" else ""))
         per_step.append(step_overhead(marks["pipeline"], marks["bare"], env))
@@ -341,6 +373,12 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
                            "median over the shared steps of pipeline ÷ bare step time, − 1; lower is better"
                            if kind == "train" else "bare ÷ pipeline samples/s − 1: extra time a sample; lower is better",
                            how=how).judge("<=", 5))
+    figs.append(Figure("1d", "training-curve tracking overhead (TensorBoard)", "samples/s", tr["tracked"],
+                       "pipeline train(), TensorBoard tracker on", "the same, no tracker", tr["pipeline"], track, "%",
+                       "median over the measured steps of tracked ÷ untracked step time, − 1; lower is better",
+                       how=(f"{what}; the pipeline's train() with accelerate's TensorBoardTracker (loss and both lrs "
+                            f"every step, as a sweep logs them) run right after the untracked run of each repeat, the "
+                            f"same seeded batches; {plural(sizes.repeats, 'repeat')}")).judge("<=", 2))
     explain(figs, pad, sizes)
     return figs
 

@@ -124,6 +124,9 @@ class Spec(_Strict):
     origin_training: Training = Training()
     further_training: Training = Training()
     resources: Stages = Stages()
+    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="training curves per run (TensorBoard under <sweep>/tb; W&B, MLflow when installed); [] = off")
 
     @field_validator("techniques")
     @classmethod

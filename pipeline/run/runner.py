@@ -22,7 +22,7 @@ from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
 from ..sweep import Sweep
-from . import data, export, port
+from . import data, export, port, tracking
 from . import techniques as RT
 from .tasks import Task
 
@@ -144,7 +144,11 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
                 state, checks = port.sample_like(state, seed)
             checks.update(port.load_into(model, state, include_head=cfg["port_head"]))
         checks["origin_module_sha256"] = info["sha256"]
-    acc = accelerator(training.precision)
+    spec = sweep.spec
+    acc = accelerator(training.precision, tracking.trackers(spec.tracking, sweep.root, spec.name, row))
+    tracking.start(acc, spec.name, {k: row.get(k) for k in ("run_id", "stage", "technique", "condition", "host_pair",
+                                                             "seed", "regime", "dataset", "variant")}
+                   | {"params": cfg["params"]})
     model = model.to(acc.device)
     load_s = time.perf_counter() - t_start
     steps = training.steps if stage == 1 else cfg["regime"]
@@ -154,6 +158,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
                acc=acc, ckpt=Checkpoint(sweep.ckpt(row["run_id"])), stop_requested=stop_requested, on_step=on_step)
     model = acc.unwrap_model(model)
     ev, per_example = evaluate(model, task, eval_split.texts, eval_split.labels, cfg=training, acc=acc)
+    tracking.finish(acc, tr["train_steps"], ev)
     if stage == 1:
         state = RT.module_state(model)
         sha = port.save_module(state, sweep.module(row["run_id"]), {"run_id": row["run_id"], "technique": cfg["technique"],

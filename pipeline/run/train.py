@@ -19,6 +19,7 @@ import torch
 
 from ..files import atomic_path
 from .tasks import Task
+from .tracking import log_step
 
 MEGA = 50
 
@@ -35,12 +36,12 @@ def batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[
     return out
 
 
-def accelerator(precision: str = "auto"):
+def accelerator(precision: str = "auto", trackers=()):
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported() and precision in ("auto", "bf16")
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no", log_with=list(trackers) or None)
 
 
 @dataclass
@@ -125,6 +126,7 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
             step += 1
             seen += len(b)
             losses.append(loss.item())
+            log_step(acc, step, losses[-1], opt)
             if on_step:
                 on_step(step)
             if ckpt and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_requested()):
