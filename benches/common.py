@@ -115,6 +115,7 @@ class Sizes:
     repeats: int
     # 1. training / evaluation
     host: str
+    receiving: str  # the host that receives modules (per-run overhead of a zero-shot pack)
     n_train: int
     n_eval: int
     batch: int
@@ -139,11 +140,13 @@ class Sizes:
         return 5 * 2 * 5 * self.plan_seeds * 10
 
 
-FULL = Sizes(smoke=False, repeats=3, host="embedded:all-minilm-l6-v2", n_train=1024, n_eval=512, batch=32,
+FULL = Sizes(smoke=False, repeats=3, host="embedded:all-minilm-l6-v2",
+             receiving="embedded:all-minilm-l6-v2-tweets-30", n_train=1024, n_eval=512, batch=32,
              eval_batch=64, max_length=64, warmup_steps=2, trainer_window=16, pack_k=8, pack_steps=16, plan_seeds=200,
              done_fraction=0.9, merge_shards=(2000, 10000), merge_repeats=2, merge_new=100,
              light_repeats=5)
-SMOKE = Sizes(smoke=True, repeats=1, host="embedded:tiny-bert-a", n_train=32, n_eval=32, batch=16, eval_batch=16,
+SMOKE = Sizes(smoke=True, repeats=1, host="embedded:tiny-bert-a",
+              receiving="embedded:tiny-bert-b", n_train=32, n_eval=32, batch=16, eval_batch=16,
               max_length=32, warmup_steps=1, trainer_window=2, pack_k=2, pack_steps=2, plan_seeds=2, done_fraction=0.9,
               merge_shards=(50, 100), merge_repeats=1, merge_new=10,
               light_repeats=1)

@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported:
 from benches import report  # noqa: E402
 from benches.common import FULL, ROOT, SMOKE, fmt, load_avg, machine, straddles  # noqa: E402
 
-BENCHES = ("train", "pack", "scale", "merge")  # scale = planning + status (3) and scheduler load (5)
+BENCHES = ("train", "pack", "overhead", "scale", "merge")  # scale = planning + status (3) and scheduler load (5)
 
 
 def _module(name: str):
