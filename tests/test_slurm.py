@@ -82,11 +82,11 @@ def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
 
 def counts(status_out: str) -> dict[str, dict[str, int]]:
     """The stage x state table of `pipeline status` -> {'1': {'done': 3, ...}, '2': ..., 'all': ...}."""
-    states = ("done", "pending", "running", "failed", "timeout", "cancelled", "missing", "total")
+    states = ("done", "waiting", "pending", "running", "failed", "timeout", "cancelled", "missing", "total")
     out = {}
     for line in status_out.splitlines():
         cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
-        if len(cells) == 9 and cells[0] in ("1", "2", "all"):
+        if len(cells) == 10 and cells[0] in ("1", "2", "all"):
             out[cells[0]] = {s: 0 if v == "-" else int(v) for s, v in zip(states, cells[1:], strict=True)}
     assert set(out) == {"1", "2", "all"}, status_out
     return out
@@ -247,3 +247,4 @@ def test_status_and_resume_from_fresh_processes_while_in_flight(make_spec):
     out = cli("status", sweep)
     assert counts(out)["all"]["done"] == 2 and "all runs done" in out
     assert "nothing to submit" in cli("resume", spec) and len(records(sweep)) == n
+
