@@ -298,3 +298,18 @@ def test_follow_stops_when_all_is_submitted_and_on_ctrl_c(tmp_path, monkeypatch,
     assert "stopped following (Ctrl-C)" in capsys.readouterr().out
     assert _states(sweep)[0] == {"waiting": 3, "pending": 1}  # recorded as it stood
 
+
+# ---------------------------------------------------------------- sweep --dry-run
+def test_dry_run_without_slurm_says_it_skipped_the_test(tiny_spec, write_spec, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    queue.max_array_size.cache_clear()
+    try:
+        assert main(["sweep", str(write_spec(dict(tiny_spec, techniques=["lora"]))), "--dry-run"]) == 0
+    finally:
+        queue.max_array_size.cache_clear()
+    out = capsys.readouterr().out
+    assert "dry run: nothing is written or submitted" in out and "Slurm layout" in out
+    assert "sbatch --test-only skipped: Slurm is not reachable here" in out
+    assert not Path(tiny_spec["output_dir"]).exists()
