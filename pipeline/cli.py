@@ -6,9 +6,11 @@ never import this module.
 
     plan     spec -> plan -> dry run (pipeline.plan, pipeline.cost, pipeline.launch.layout)
     run      spec -> plan -> local workers -> merge -> summary (pipeline.launch.local, pipeline.results)
-    sweep    spec -> plan -> hub names checked offline -> Slurm job arrays (pipeline.run.fetch, pipeline.launch.slurm)
+    sweep    spec -> plan -> hub names checked offline -> Slurm job arrays, within the user's submit limit
+             (pipeline.run.fetch, pipeline.launch.slurm; --follow: pipeline.launch.follow; --dry-run: sbatch --test-only)
     fetch    spec -> hub hosts and datasets into the HF cache, checked offline (pipeline.run.fetch)
-    resume   sweep folder -> the failed and missing runs, resubmitted (pipeline.launch.slurm)
+    resume   sweep folder -> hub names checked offline -> the waiting, failed and missing runs, (re)submitted
+             (pipeline.run.fetch, pipeline.launch.slurm; --follow: pipeline.launch.follow)
     status   sweep folder -> every run's state (pipeline.launch.status)
     merge    shards -> results.parquet (pipeline.results.merge)
     summary  results -> mean-accuracy tables (pipeline.results.summary)
@@ -118,11 +120,30 @@ def cmd_run(a, console) -> int:
     return 0
 
 
-def cmd_sweep(a, console) -> int:
-    from .launch.queue import have_slurm
+def _submit(a, sweep, console, target: str, spec=None) -> int:
+    """Submit what fits (``--follow``/``--until-done``: and stay, submitting more as slots free)."""
     from .launch.slurm import submit_pending
 
+    if a.follow or a.until_done:
+        from .launch.follow import follow
+
+        return follow(sweep, console, target, spec, interval=a.interval, until_done=a.until_done)
+    submit_pending(sweep, console, target, spec)
+    return 0
+
+
+def cmd_sweep(a, console) -> int:
+    from .launch.queue import have_slurm
+
     check(a.spec, a.set)  # a bad spec is a bad spec, with or without Slurm
+    if a.dry_run:
+        from .launch.slurm import dry_run
+
+        spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set)
+        console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
+                      f"-> {sweep.root} (dry run: nothing is written or submitted)", highlight=False)
+        dry_run(console, spec, plan)
+        return 0
     if not have_slurm():
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
                          f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
@@ -131,8 +152,7 @@ def cmd_sweep(a, console) -> int:
     sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}", highlight=False)
-    submit_pending(sweep, console, str(sweep.root) if a.set else a.spec, spec)
-    return 0
+    return _submit(a, sweep, console, str(sweep.root) if a.set else a.spec, spec)
 
 
 def _fetch(spec, source: str, console, download: bool = True) -> dict:
@@ -157,14 +177,18 @@ def cmd_fetch(a, console) -> int:
 
 
 def cmd_resume(a, console) -> int:
-    from .launch.slurm import submit_pending
+    from .launch.queue import have_slurm
     from .sweep import Sweep
 
     sweep = Sweep.of(a.target)
     if not (sweep.root / "plan.parquet").exists():
         raise UsageError(f"{sweep.root}: no sweep there yet; start it with `pipeline sweep {a.target}`")
-    submit_pending(sweep, console, a.target)
-    return 0
+    if not have_slurm():
+        raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run SPEC` runs what is "
+                         f"missing on this machine; `pipeline status {a.target}` shows where the runs stand")
+    spec = sweep.spec
+    _fetch(spec, a.target, console)  # as sweep does: jobs run offline, every hub name must be in the HF cache
+    return _submit(a, sweep, console, a.target, spec)
 
 
 def cmd_status(a, console) -> int:
@@ -252,6 +276,25 @@ def _add_set(s) -> None:
                         "--set seeds=[0,1] --set origin_training.steps=50 --set technique_params.lora.lr=0.001")
 
 
+def _interval(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return x
+
+
+def _add_follow(s) -> None:
+    s.add_argument("--follow", action="store_true",
+                   help="stay in the foreground and submit waiting runs as slots under your submit limit free, "
+                        "until every run is submitted (Ctrl-C stops; resume goes on later)")
+    s.add_argument("--until-done", action="store_true", help="with --follow: stay until every run has finished")
+    s.add_argument("--interval", type=_interval, default=60.0, metavar="SECONDS",
+                   help="seconds between two polls of --follow (default 60)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pipeline", description="PEFT portability sweeps: plan, run, merge and report.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -269,8 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(s)
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("sweep", help="submit a sweep to Slurm as job arrays (stage 2 after stage 1) and return")
+    s = sub.add_parser("sweep", help="submit a sweep to Slurm as job arrays (stage 2 after stage 1) and return; "
+                                     "runs past your submit limit wait for `resume` or --follow")
     s.add_argument("spec", help="sweep spec (YAML)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="write and submit nothing: the arrays, and sbatch --test-only's estimated start of each")
+    _add_follow(s)
     _add_set(s)
     s.set_defaults(fn=cmd_sweep)
 
@@ -280,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(s)
     s.set_defaults(fn=cmd_fetch)
 
-    s = sub.add_parser("resume", help="resubmit exactly the failed and missing runs of a sweep (Slurm)")
+    s = sub.add_parser("resume", help="submit exactly the waiting, failed and missing runs of a sweep (Slurm)")
     s.add_argument("target", help="sweep spec or sweep folder")
+    _add_follow(s)
     s.set_defaults(fn=cmd_resume)
 
     s = sub.add_parser("status", help="runs by stage x state (done/pending/running/failed/timeout/cancelled/missing)")

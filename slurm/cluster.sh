@@ -166,6 +166,8 @@ Waittime=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+# enforce the limits set with sacctmgr (MaxSubmitJobs, QOS MaxSubmitJobsPerUser, ...) as sites do
+AccountingStorageEnforce=associations,limits
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none

@@ -134,3 +134,21 @@ def test_a_cached_snapshot_without_weights_is_refused(hub_spec, hf_home, capsys,
     cache_host(hf_home, "fake-org/tiny-bert", folder)
     assert main(["fetch", str(hub_spec("fake-org/tiny-bert"))]) == 2
     assert "no weights" in capsys.readouterr().err
+
+
+def test_resume_runs_the_same_offline_check_before_it_submits(hub_spec, hf_home, capsys, monkeypatch, models_dir):
+    cache_host(hf_home, "fake-org/tiny-bert", models_dir / "tiny-bert-a")
+    spec = hub_spec("fake-org/tiny-bert")
+    from pipeline.launch import queue, slurm
+
+    submitted = []
+    monkeypatch.setattr(queue, "have_slurm", lambda: True)
+    monkeypatch.setattr(slurm, "submit_pending", lambda *a, **k: submitted.append(a) or 1)
+    assert main(["sweep", str(spec)]) == 0
+    folder = spec.parent / "sweep"
+    shutil.rmtree(hf_home / "hub")  # the cache is gone (another HF_HOME, a purge, ...)
+    capsys.readouterr()
+    assert main(["resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "host 'hub-a' (fake-org/tiny-bert) does not load offline" in err, err
+    assert len(submitted) == 1  # resume submitted nothing

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -82,11 +83,11 @@ def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
 
 def counts(status_out: str) -> dict[str, dict[str, int]]:
     """The stage x state table of `pipeline status` -> {'1': {'done': 3, ...}, '2': ..., 'all': ...}."""
-    states = ("done", "pending", "running", "failed", "timeout", "cancelled", "missing", "total")
+    states = ("done", "waiting", "pending", "running", "failed", "timeout", "cancelled", "missing", "total")
     out = {}
     for line in status_out.splitlines():
         cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
-        if len(cells) == 9 and cells[0] in ("1", "2", "all"):
+        if len(cells) == 10 and cells[0] in ("1", "2", "all"):
             out[cells[0]] = {s: 0 if v == "-" else int(v) for s, v in zip(states, cells[1:], strict=True)}
     assert set(out) == {"1", "2", "all"}, status_out
     return out
@@ -247,3 +248,96 @@ def test_status_and_resume_from_fresh_processes_while_in_flight(make_spec):
     out = cli("status", sweep)
     assert counts(out)["all"]["done"] == 2 and "all runs done" in out
     assert "nothing to submit" in cli("resume", spec) and len(records(sweep)) == n
+
+
+# ---------------------------------------------------------------- submit limits (Slurm etiquette)
+def user_jobs() -> list[str]:
+    """This user's jobs in the queue, one line per array task."""
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+    return subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+@pytest.fixture
+def max_submit():
+    """set(n): MaxSubmitJobs=n on this user's associations (sacctmgr); cleared again after the test, even when it
+    fails.  Waits first until none of the user's jobs is left in the queue (earlier tests' cancelled ones)."""
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if not re.search(r"AccountingStorageEnforce\s*=\s*\S*limits", conf):
+        pytest.fail("Slurm does not enforce limits (AccountingStorageEnforce lacks 'limits'): restart it with "
+                    "`bash slurm/cluster.sh start`", pytrace=False)
+    wait_for(lambda: not user_jobs(), 90, "an empty queue")
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+
+    def set_(n: int) -> None:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", f"maxsubmit={n}"], check=True,
+                       capture_output=True)
+
+    yield set_
+    set_(-1)
+
+
+def test_submit_limit_holds_runs_back_until_slots_free(make_spec, max_submit):
+    spec, sweep = make_spec(both_directions=True, conditions=["ported", "scratch"], regimes=["zero-shot"],
+                            resources={"stage1": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1},
+                                       "stage2": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1}})
+    max_submit(3)  # 2 stage-1 + 4 stage-2 runs, one a task: 6 jobs, 3 may be queued
+    t0 = time.time()
+    out = cli("sweep", spec)
+    recs = records(sweep)
+    assert sum(len(r["tasks"]) for r in recs) == 3, out  # exactly what fits
+    assert [(r["stage"], len(r["tasks"])) for r in recs] == [(1, 2), (2, 1)]  # stage 1 first
+    assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out
+    subprocess.run(["scontrol", "hold", *[r["job_id"] for r in recs]], check=True)  # the queue stays full ...
+    assert len(user_jobs()) == 3
+    out = cli("status", sweep)
+    st = counts(out)
+    assert st["all"]["waiting"] == 3 and st["all"]["pending"] + st["all"]["running"] == 3, out
+    assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out and "is 3" in out
+    out = cli("resume", sweep)  # ... so resume submits nothing more
+    assert "queued 0 array job(s)" in out and len(records(sweep)) == 2 and counts(cli("status", sweep))["all"][
+        "waiting"] == 3
+
+    # --follow polls; Ctrl-C stops it cleanly with nothing half-done
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", "resume", str(sweep), "--follow", "--interval", "30"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if "next check in 30 s" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    rest, _ = p.communicate(timeout=30)
+    assert p.returncode == 130, "".join(seen) + rest
+    assert "waiting 3" in "".join(seen) and "stopped following (Ctrl-C)" in rest and "Traceback" not in rest
+    assert len(records(sweep)) == 2
+
+    subprocess.run(["scontrol", "release", *[r["job_id"] for r in recs]], check=True)
+    out = cli("resume", sweep, "--follow", "--until-done", "--interval", "2", timeout=400)
+    assert "all runs done" in out and "refused" not in out, out  # never past the limit: sbatch never said no
+    st = counts(cli("status", sweep))
+    assert st["all"]["done"] == st["all"]["total"] == 6 and st["all"]["waiting"] == 0, st
+    assert not (sweep / "waiting.json").exists()
+    planned = pq.read_table(sweep / "plan.parquet").column("run_id").to_pylist()
+    submitted = [rid for r in records(sweep) for t in r["tasks"] for rid in t]
+    assert sorted(submitted) == sorted(planned)  # every run submitted once: none lost, none doubled
+    for r in records(sweep):  # a stage-2 array only ever waited on a stage-1 array that had been submitted
+        assert all(any(q["job_id"] == d and q["stage"] == 1 for q in records(sweep)) for d in r["depends"])
+    cli("merge", sweep)
+    assert sorted(r["run_id"] for r in pq.read_table(sweep / "results.parquet").to_pylist()) == sorted(planned)
+    print(f"6 runs under MaxSubmitJobs=3 in {time.time() - t0:.0f} s")
+
+
+def test_dry_run_asks_sbatch_test_only_for_each_array(make_spec, max_submit):
+    spec, sweep = make_spec(conditions=["ported", "scratch"], regimes=["zero-shot"],
+                            resources={"stage1": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1},
+                                       "stage2": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1}})
+    out = cli("sweep", spec, "--dry-run")
+    lines = [x for x in out.splitlines() if x.startswith("array ")]
+    assert len(lines) == 3 and all("sbatch --test-only" in x and "to start at 20" in x for x in lines), out
+    assert "without its dependency" in lines[2]
+    max_submit(2)  # three one-task arrays: the last no longer fits
+    out = cli("sweep", spec, "--dry-run")
+    lines = [x for x in out.splitlines() if x.startswith("array ")]
+    assert "submit limit: MaxSubmitJobs of association" in out and "2 of 3 task(s) would be submitted now" in out
+    assert "to start at" in lines[0] and "to start at" in lines[1] and lines[2].endswith("waits (submit limit)"), out
+    assert not sweep.exists() and not user_jobs()  # nothing written, nothing submitted

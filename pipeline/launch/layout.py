@@ -184,6 +184,40 @@ def host_of(stage: int, origin: str, receiving: str | None) -> str:
     return origin if stage == 1 else (receiving or "")
 
 
+def fit(arrays: list[ArrayPlan], free: int | None) -> tuple[list[ArrayPlan], list[str]]:
+    """The arrays that fit into ``free`` job slots (each array task is one job towards the user's submit
+    limit), in order, the last one cut short; and the run ids of the tasks held back.  ``free`` None: no
+    limit, everything fits."""
+    if free is None:
+        return list(arrays), []
+    out, held = [], []
+    for a in arrays:
+        n = max(0, min(free, len(a.tasks)))
+        if n:
+            out.append(ArrayPlan(a.stage, a.tasks[:n], list(a.depends), min(a.throttle, n), a.pack, a.pack_source))
+        held += [rid for t in a.tasks[n:] for rid in t]
+        free -= n
+    return out, held
+
+
+def stage2_groups(runs: list[tuple[str, str, str | None]], held: set[str], job_of_need
+                  ) -> tuple[dict[str, list], list[str]]:
+    """Stage-2 (run id, host, needs) -> ({dependency job id or "": runs}, run ids held back).
+
+    A run whose stage-1 run is held back (not submitted) is held back too: it must not be submitted with
+    a dependency on a job that does not exist.  ``job_of_need(rid)``: the array job that produces that
+    module (submitted now, or still pending/running), or None (done already: no dependency)."""
+    groups: dict[str, list] = {}
+    out: list[str] = []
+    for rid, host, need in runs:
+        if need and need in held:
+            out.append(rid)
+            continue
+        dep = (job_of_need(need) or "") if need else ""
+        groups.setdefault(dep, []).append((rid, host, need))
+    return groups, out
+
+
 
 # ---------------------------------------------------------------- dry run
 def fresh_layout(spec, plan, max_size: int) -> list[ArrayPlan]:
@@ -206,9 +240,9 @@ def _at_once(throttles: list[int]) -> str:
     return f"{sum(throttles)} ({lo if lo == hi else f'{lo}-{hi}'} per array)"
 
 
-def print_layout(console, spec, plan, max_size: int) -> None:
-    """The dry run's Slurm section (``pipeline plan``): arrays per stage and the sbatch script of each stage;
-    ``max_size`` is the cluster's MaxArraySize (``queue.max_array_size()``)."""
+def print_layout(console, spec, plan, max_size: int, scripts: bool = True) -> None:
+    """The dry run's Slurm section (``pipeline plan``): arrays per stage and (``scripts``) the sbatch script
+    of each stage; ``max_size`` is the cluster's MaxArraySize (``queue.max_array_size()``)."""
     from rich.table import Table
 
     arrays = fresh_layout(spec, plan, max_size)
@@ -225,6 +259,8 @@ def print_layout(console, spec, plan, max_size: int) -> None:
                       str(sum(len(a.tasks) for a in grp)), str(len(grp)),
                       _at_once([a.throttle for a in grp]), dep or "at once")
     console.print(t)
+    if not scripts:
+        return
     sweep_root = Path(spec.output_dir).resolve()
     for stage in (1, 2):
         mine = [a for a in arrays if a.stage == stage]

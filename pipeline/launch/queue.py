@@ -1,4 +1,5 @@
-"""Asking Slurm: cluster facts (``scontrol``), the queue (``squeue``) and accounting (``sacct``).
+"""Asking Slurm: cluster facts (``scontrol``), the queue (``squeue``), accounting (``sacct``) and the
+user's submit limits (``sacctmgr``).
 
 Everything that runs a Slurm command is here, and so is the parsing of what it
 prints (pure functions, tested on recorded output).  ``status`` asks once per
@@ -7,9 +8,12 @@ poll: ONE ``squeue`` and ONE ``sacct`` over the recorded array jobs.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, and most sites'
@@ -24,14 +28,18 @@ def have_slurm() -> bool:
 
 
 # ---------------------------------------------------------------- cluster facts
+def _config() -> str:
+    """``scontrol show config``; empty without Slurm."""
+    try:
+        return subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 @lru_cache(maxsize=1)
 def max_array_size() -> int:
     """MaxArraySize from ``scontrol show config`` (read once); 1001 without Slurm."""
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return DEFAULT_MAX_ARRAY_SIZE
-    return parse_max_array_size(out)
+    return parse_max_array_size(_config())
 
 
 def parse_max_array_size(text: str) -> int:
@@ -125,3 +133,154 @@ def query_sacct(job_ids: set[str]) -> dict[str, dict[str, str]]:
         return {}
     text = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,JobName", "-j", ",".join(sorted(job_ids, key=int))])
     return parse_table(text)
+
+
+# ---------------------------------------------------------------- submit limits
+@dataclass(frozen=True)
+class SubmitLimit:
+    """The most jobs this user may have in the queue (pending or running; each array task counts as one
+    job), where that number comes from, and how many of the user's jobs are in the queue now."""
+
+    max_jobs: int
+    source: str  # e.g. 'MaxSubmitJobs of association pipeline/root/root'
+    in_queue: int = 0
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_jobs - self.in_queue)
+
+    def reason(self, submitted: int = 0) -> str:
+        """Why runs wait: the limit, and how full the queue was (``submitted``: jobs this submission added)."""
+        return (f"{self.source} is {self.max_jobs}; {self.in_queue} of your jobs were in the queue"
+                + (f", {submitted} more submitted now" if submitted else ""))
+
+
+def user_name() -> str:
+    """The Slurm user: the name of this process's uid (not $USER, which sudo and su keep)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "")
+
+
+@lru_cache(maxsize=1)
+def cluster_name() -> str:
+    """ClusterName from ``scontrol show config`` (read once); empty without Slurm."""
+    m = re.search(r"^\s*ClusterName\s*=\s*(\S+)", _config(), re.M)
+    return m.group(1) if m else ""
+
+
+def _limit(cell: str) -> int | None:
+    """A sacctmgr limit cell: '' or a negative number means none."""
+    cell = cell.strip()
+    return int(cell) if cell.lstrip("-").isdigit() and int(cell) >= 0 else None
+
+
+ASSOC_FORMAT = "cluster,account,user,partition,maxsubmit,qos,defaultqos"
+
+
+def parse_assoc_limits(text: str, user: str, cluster: str = "", account: str | None = None,
+                       partition: str | None = None) -> tuple[list[tuple[int, str]], set[str]]:
+    """``sacctmgr -n -P show assoc user=U format=ASSOC_FORMAT`` -> (MaxSubmit limits of the user's associations
+    that jobs of ``account`` in ``partition`` fall under, the QOS those jobs may run under).
+
+    sacctmgr shows a limit inherited from a parent account on the user's own line.  Rows of another cluster,
+    another account (when ``account`` is known) or another partition are left out; the QOS are the
+    associations' default QOS, else every QOS they allow."""
+    limits, qos = [], set()
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 7 or parts[2] != user:
+            continue
+        c, acc, _, part, maxsubmit, allowed, default = parts[:7]
+        if (cluster and c and c != cluster) or (account and acc != account) or (part and part != partition):
+            continue
+        n = _limit(maxsubmit)
+        if n is not None:
+            limits.append((n, f"MaxSubmitJobs of association {c}/{acc}/{user}" + (f"/{part}" if part else "")))
+        qos |= {default} if default else {q for q in allowed.split(",") if q}
+    return limits, qos
+
+
+def parse_qos_limits(text: str) -> dict[str, int]:
+    """``sacctmgr -n -P show qos format=name,maxsubmitjobsperuser`` -> {QOS: MaxSubmitJobsPerUser} (set ones only)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0] and (n := _limit(parts[1])) is not None:
+            out[parts[0]] = n
+    return out
+
+
+def tightest_limit(assoc: str, qos: str, user: str, cluster: str, default_account: str | None,
+                   targets: list[tuple[str | None, str | None, str | None]]) -> tuple[int, str] | None:
+    """The smallest submit limit over the (account, qos, partition) the stages submit to; None: no limit set."""
+    qos_limits = parse_qos_limits(qos)
+    found: list[tuple[int, str]] = []
+    for account, q, partition in targets:
+        limits, allowed = parse_assoc_limits(assoc, user, cluster, account or default_account, partition)
+        found += limits
+        for name in sorted({q} if q else allowed):
+            if name in qos_limits:
+                found.append((qos_limits[name], f"MaxSubmitJobsPerUser of QOS {name}"))
+    return min(found) if found else None
+
+
+def count_user_jobs(user: str) -> int:
+    """The user's jobs in the queue, each array task one job (``squeue -r``), pending or running."""
+    text = _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"])
+    return sum(1 for v in parse_table(text).values() if slurm_category(v["state"]) in ("pending", "running"))
+
+
+def submit_limit(targets: list[tuple[str | None, str | None, str | None]]) -> SubmitLimit | None:
+    """The tightest limit on how many jobs this user may have in the queue, for jobs submitted with these
+    (account, qos, partition): the association's MaxSubmitJobs and the QOS's MaxSubmitJobsPerUser
+    (``sacctmgr``), with the user's jobs in the queue now (``squeue``: all of them, to be safe).
+
+    None when no limit is set, or there is no accounting (no sacctmgr, or it fails): then sbatch
+    itself is the only judge.  Raises SlurmQueryError when squeue fails."""
+    if shutil.which("sacctmgr") is None:
+        return None
+    user = user_name()
+    try:
+        assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"], timeout=30)
+        qos = _run(["sacctmgr", "-n", "-P", "show", "qos", "format=name,maxsubmitjobsperuser"], timeout=30)
+        default = None
+        if any(not account for account, _, _ in targets):
+            default = _run(["sacctmgr", "-n", "-P", "show", "user", user, "format=defaultaccount"],
+                           timeout=30).strip() or None
+    except SlurmQueryError:
+        return None
+    found = tightest_limit(assoc, qos, user, cluster_name(), default, targets)
+    if found is None:
+        return None
+    return SubmitLimit(found[0], found[1], count_user_jobs(user))
+
+
+# ---------------------------------------------------------------- sbatch --test-only
+_START = re.compile(r"to start at (\S+)(?: using (\d+) processors)?(?: on nodes (\S+))?(?: in partition (\S+))?")
+
+
+def parse_test_only(text: str) -> str:
+    """sbatch --test-only's stderr -> 'to start at 2026-11-26T17:33:05 on localhost in partition debug', or
+    its error line."""
+    m = _START.search(text)
+    if m:
+        return f"to start at {m.group(1)}" + (f" on {m.group(3)}" if m.group(3) else "") + (
+            f" in partition {m.group(4)}" if m.group(4) else "")
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return "refused: " + (lines[-1].removeprefix("sbatch: error: ") if lines else "no answer")
+
+
+def sbatch_test_only(script: str) -> str:
+    """``sbatch --test-only SCRIPT`` (nothing is submitted) -> its answer, see :func:`parse_test_only`."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="test-only-") as f:
+        f.write(script)
+        f.flush()
+        try:
+            p = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"refused: {e}"
+    return parse_test_only(p.stderr + p.stdout)

@@ -3,6 +3,8 @@
 A run is
 
 * **done**      its shard file exists (stage 1: and its module files too);
+* **waiting**   not submitted: the submitter held it back because of the user's submit limit (or its
+  stage-1 run was held back), as recorded in ``waiting.json``; ``resume`` submits it when slots free;
 * **pending** / **running**   its latest array task is in the queue (``squeue``);
 * **failed** / **timeout** / **cancelled**   its latest array task ended that way (``sacct``),
   or it recorded an error in ``errors/<run_id>.txt`` and is not queued;
@@ -34,10 +36,11 @@ from ..sweep import Sweep
 from . import queue
 from .queue import SlurmQueryError, slurm_category
 
-STATES = ("done", "pending", "running", "failed", "timeout", "cancelled", "missing")
+STATES = ("done", "waiting", "pending", "running", "failed", "timeout", "cancelled", "missing")
 ACTIVE = ("pending", "running")  # never resubmitted
-RESUBMIT = ("failed", "timeout", "cancelled", "missing")
+RESUBMIT = ("waiting", "failed", "timeout", "cancelled", "missing")
 JOBS_FILE = "jobs.jsonl"
+WAITING_FILE = "waiting.json"  # {"runs": [...], "reason": "...", "time": "..."}: held back by the last submitter
 
 
 # ---------------------------------------------------------------- the jobs record
@@ -55,6 +58,15 @@ def read_jobs(sweep: Sweep) -> list[dict]:
         if isinstance(rec, dict) and "job_id" in rec and "tasks" in rec:
             out.append(rec)
     return out
+
+
+def read_waiting(sweep: Sweep) -> dict:
+    """The runs the last submitter held back, and why ({} when none)."""
+    try:
+        rec = json.loads((sweep.root / WAITING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) and isinstance(rec.get("runs"), list) else {}
 
 
 def task_key(rec: dict, index: int) -> str:
@@ -84,6 +96,7 @@ class Snapshot:
     errors: set[str]  # run ids with errors/<run_id>.txt
     warnings: list[str] = field(default_factory=list)
     slurm_ok: bool = True  # squeue answered (so 'not queued' is known, not guessed)
+    waiting: dict = field(default_factory=dict)  # waiting.json: why runs are held back, since when
 
     def counts(self) -> dict[int, Counter]:
         out = {1: Counter(), 2: Counter()}
@@ -210,9 +223,13 @@ def snapshot(sweep: Sweep, slurm: bool | None = None) -> Snapshot:
         state[rid] = classify(entry(queue_, job_of[rid]) if rid in job_of else None,
                               entry(acct, job_of[rid]) if rid in job_of else None,
                               rid in errors, slurm_ok)
+    waiting = read_waiting(sweep)
+    for rid in waiting.get("runs", ()):
+        if state.get(rid) in RESUBMIT:  # held back by the submitter, not lost (queued or done ones moved on)
+            state[rid] = "waiting"
     if any(e.get("reason") == "DependencyNeverSatisfied" for e in queue_.values()):
         warnings.append("some jobs wait on a dependency that can never be satisfied: scancel them and resume")
-    return Snapshot(sweep, plan, state, job_of, records, queue_, errors, warnings, slurm_ok)
+    return Snapshot(sweep, plan, state, job_of, records, queue_, errors, warnings, slurm_ok, waiting)
 
 
 # ---------------------------------------------------------------- error lines
@@ -281,11 +298,16 @@ def print_status(console, snap: Snapshot, lines: int = 3, max_errors: int = 10, 
                 console.print(f"      {line}", highlight=False, markup=False)
     todo = tot["failed"] + tot["timeout"] + tot["cancelled"] + tot["missing"]
     where = target or str(snap.sweep.root)
+    if tot["waiting"]:
+        console.print(f"{tot['waiting']} run(s) waiting, not submitted: {snap.waiting.get('reason') or '?'} "
+                      f"(as of {snap.waiting.get('time', '?')}); `pipeline resume {where}` submits more as slots "
+                      "free, `--follow` keeps at it", highlight=False)
     if todo:
         console.print(f"{todo} run(s) to redo: `pipeline resume {where}` resubmits exactly those")
     elif tot["pending"] + tot["running"]:
-        console.print(f"{tot['pending'] + tot['running']} run(s) queued or running; nothing to resume yet")
-    else:
+        console.print(f"{tot['pending'] + tot['running']} run(s) queued or running"
+                      + ("" if tot["waiting"] else "; nothing to resume yet"))
+    elif not tot["waiting"]:
         console.print(f"all runs done: `pipeline merge {where}`")
 
 
