@@ -23,7 +23,8 @@ def sweep(tmp_path_factory, models_dir):
 
     tmp = tmp_path_factory.mktemp("export")
     d = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
-    d.update(output_dir=str(tmp / "sweep"), models_dir=str(models_dir), conditions=["ported"], regimes=["zero-shot"])
+    d.update(output_dir=str(tmp / "sweep"), models_dir=str(models_dir), conditions=["ported"], regimes=["zero-shot"],
+             both_directions=False)
     path = tmp / "spec.yaml"
     path.write_text(yaml.safe_dump(d))
     p = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--workers", "2"], cwd=ROOT,

@@ -69,6 +69,21 @@ def test_parse_max_array_size():
     assert queue.parse_max_array_size("nothing here") == queue.DEFAULT_MAX_ARRAY_SIZE
 
 
+def test_max_array_size_comes_from_slurm_conf_without_asking_a_daemon(tmp_path, monkeypatch):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n#MaxArraySize=5\nmaxarraysize=2500\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    monkeypatch.setattr(queue, "_config", lambda: pytest.fail("scontrol asked although slurm.conf is readable"))
+    queue.max_array_size.cache_clear()
+    try:
+        assert queue.max_array_size() == 2500
+        conf.write_text("ClusterName=x\n")  # not set: Slurm's default
+        queue.max_array_size.cache_clear()
+        assert queue.max_array_size() == queue.DEFAULT_MAX_ARRAY_SIZE
+    finally:
+        queue.max_array_size.cache_clear()
+
+
 # ---------------------------------------------------------------- packing and arrays
 def test_make_packs_one_host_per_pack_sorted_by_module():
     runs = [("r1", "a", "m2"), ("r2", "b", None), ("r3", "a", "m1"), ("r4", "a", "m2"), ("r5", "b", "m3"),

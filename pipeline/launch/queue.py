@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, and most sites'
 
@@ -36,14 +37,24 @@ def _config() -> str:
         return ""
 
 
+def _conf_file() -> str | None:
+    """The text of slurm.conf (``SLURM_CONF`` or /etc/slurm/slurm.conf); None where there is none."""
+    try:
+        return Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text(errors="replace")
+    except OSError:
+        return None
+
+
 @lru_cache(maxsize=1)
 def max_array_size() -> int:
-    """MaxArraySize from ``scontrol show config`` (read once); 1001 without Slurm."""
-    return parse_max_array_size(_config())
+    """MaxArraySize (read once): from slurm.conf where this machine has one -- no daemon asked, so a plan is
+    instant even where slurmctld is down or slow -- else from ``scontrol show config``; 1001 without Slurm."""
+    conf = _conf_file()
+    return parse_max_array_size(conf if conf is not None else _config())
 
 
 def parse_max_array_size(text: str) -> int:
-    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", text, re.M)
+    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", text, re.M | re.I)
     return int(m.group(1)) if m and int(m.group(1)) > 0 else DEFAULT_MAX_ARRAY_SIZE
 
 
