@@ -152,3 +152,47 @@ def test_resume_runs_the_same_offline_check_before_it_submits(hub_spec, hf_home,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "host 'hub-a' (fake-org/tiny-bert) does not load offline" in err, err
     assert len(submitted) == 1  # resume submitted nothing
+
+
+FILL_DATASET_CACHE = r"""
+import shutil, sys
+from pathlib import Path
+import datasets, pyarrow as pa, pyarrow.parquet as pq
+home, repo, sha = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+src = home.parent / "local-data"
+src.mkdir()
+texts = [f"{w} film number {i}" for i in range(60) for w in (["great"] if i % 2 else ["dull"])]
+pq.write_table(pa.table({"text": texts, "label": [i % 2 for i in range(60)]}), src / "train.parquet")
+datasets.load_dataset("parquet", data_files={"train": str(src / "train.parquet")})  # prepared as a download would be
+prepared = next(p for p in (home / "datasets" / "parquet").glob("*/0.0.0/*") if p.is_dir())
+org, name = repo.split("/")
+dst = home / "datasets" / f"{org}___{name}" / "default" / "0.0.0" / sha
+dst.mkdir(parents=True)
+for f in prepared.iterdir():
+    shutil.copy(f, dst / f.name.replace("parquet-", f"{name}-"))
+"""
+
+
+def test_a_dataset_cache_filled_from_a_local_folder_loads_offline(hub_spec, hf_home, capsys, models_dir, tmp_path):
+    """A hub dataset prepared in the datasets cache (here from a local Parquet folder, as `fetch` on a login node
+    with internet would leave it) passes fetch's offline check and feeds a real run with the hub offline."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    subprocess.run([sys.executable, "-c", FILL_DATASET_CACHE, str(hf_home), "fake-org/reviews", SHA], env=env,
+                   check=True, capture_output=True)
+    cache_host(hf_home, "fake-org/tiny-bert", models_dir / "tiny-bert-a")
+    spec = hub_spec(dataset="fake-org/reviews")
+    assert main(["fetch", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "dataset hubdata" in out and "fetching" not in out, out
+    p = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--set", "conditions=[ported]",
+                        "--set", "regimes=[zero-shot]", "--set", "both_directions=false"],
+                       capture_output=True, text=True)  # HF_*_OFFLINE=1 from the fixture: no hub at all
+    assert p.returncode == 0, p.stdout + p.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(spec.parent / "sweep" / "results.parquet").to_pylist()
+    assert len(rows) == 2 and {r["dataset"] for r in rows} == {"hubdata"} and all(r["eval_examples"] == 8 for r in rows)
