@@ -69,3 +69,29 @@ def test_tracking_off_and_missing_tracker(tiny_spec, write_spec):
     assert len(pq.read_table(sweep.results)) == 2  # the runs are done all the same
     logs = "".join(f.read_text(errors="replace") for f in (sweep.root / "submitit").rglob("*.err"))
     assert f"tracking: {missing[0]} asked for but not installed" in logs + p.stderr + p.stdout
+
+
+def test_a_tracker_that_cannot_start_costs_a_warning_not_the_run(caplog):
+    from accelerate.tracking import GeneralTracker
+
+    from pipeline.run import tracking
+    from pipeline.run.train import accelerator
+
+    class Down(GeneralTracker):
+        name, requires_logging_directory = "down", False
+
+        def __init__(self):
+            super().__init__()
+
+        @property
+        def tracker(self):
+            return None
+
+        def start(self):
+            raise ConnectionError("tracking server unreachable")
+
+    acc = accelerator("fp32", [Down()])
+    with caplog.at_level("WARNING"):
+        tracking.start(acc, "p", {"run_id": "x"})
+    assert acc.trackers == [] and "could not start (tracking server unreachable)" in caplog.text
+    tracking.finish(acc, 0, {"accuracy": 1.0})  # and finishing is a no-op

@@ -16,7 +16,9 @@ config as text.
   from the login node.
 * MLflow: experiment = the sweep's name, run = the name above; the store is
   ``MLFLOW_TRACKING_URI`` or, if unset, ``<sweep>/mlruns`` (a file store: no
-  server, works offline; ``mlflow ui --backend-store-uri <sweep>/mlruns``).
+  server, works offline; MLflow 3 keeps it in maintenance mode, so it is
+  allowed with ``MLFLOW_ALLOW_FILE_STORE=true``; ``mlflow ui --backend-store-uri
+  <sweep>/mlruns``).
 
 A tracker that is asked for but not installed is skipped with one warning in the
 run's log: curves are a convenience, never a reason to lose a run.
@@ -62,7 +64,8 @@ def trackers(names, root: Path, project: str, row: dict) -> list:
             out.append(WandBTracker(project, name=name, group=f"stage{row['stage']}", dir=str(root),
                                     reinit="finish_previous"))
         else:
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
+            if not os.environ.get("MLFLOW_TRACKING_URI"):  # a file store: no server, no database, offline
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it in maintenance mode
                 import mlflow
 
                 mlflow.set_tracking_uri((root / "mlruns").resolve().as_uri())
@@ -74,7 +77,12 @@ def start(acc, project: str, config: dict) -> None:
     """Start the accelerator's trackers; the run's config as hyperparameters (text on TensorBoard)."""
     if not acc.log_with:
         return
-    acc.init_trackers(project)
+    try:
+        acc.init_trackers(project)
+    except Exception as e:  # noqa: BLE001 - a tracker that cannot start (server down, a race on a new experiment)
+        log.warning("tracking: could not start (%s): no curves for this run", str(e).splitlines()[0][:200])
+        acc.trackers = []
+        return
     flat = {k: v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v) for k, v in config.items()}
     for t in acc.trackers:
         if t.name == "tensorboard":  # add_hparams would make a timestamped sub-run per run: text instead
@@ -101,5 +109,8 @@ def finish(acc, step: int, metrics: dict) -> None:
     if not acc.trackers:
         return
     keys = ("accuracy", "macro_f1", "auc", "eval_loss")
-    acc.log({f"eval/{k.removeprefix('eval_')}": metrics[k] for k in keys if metrics.get(k) is not None}, step=step)
-    acc.end_training()
+    try:
+        acc.log({f"eval/{k.removeprefix('eval_')}": metrics[k] for k in keys if metrics.get(k) is not None}, step=step)
+        acc.end_training()
+    except Exception as e:  # noqa: BLE001 - the run's results are safe whatever a tracker does
+        log.warning("tracking: could not finish (%s)", str(e).splitlines()[0][:200])
