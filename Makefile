@@ -46,8 +46,9 @@ drift: $(STAMP) ## ported zero-shot retention vs host distance (sweeps/drift.yam
 	$(RUN) run sweeps/drift.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/drift.yaml
 
-dry-run: $(STAMP) ## show the plan of SPEC (runs per stage, sample runs, layout) without running anything
+dry-run: $(STAMP) ## show the plan of SPEC (runs, layout, sbatch scripts; sbatch --test-only where Slurm answers); runs nothing
 	$(RUN) plan $(SPEC) $(SETARGS)
+	@set -o pipefail; $(RUN) sweep $(SPEC) --dry-run $(SETARGS) | sed -n '/sbatch --test-only/,$$p'
 
 run: $(STAMP) ## run SPEC locally (submitit local executor), then merge
 	$(RUN) run $(SPEC) --workers $(WORKERS) $(SETARGS)
