@@ -5,8 +5,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
@@ -17,6 +15,7 @@ from pipeline.launch import layout as L
 from pipeline.launch import queue, slurm
 from pipeline.launch import status as st
 from pipeline.sweep import Sweep
+from tests.test_status import _fake_sweep as _sweep
 
 # sacctmgr -n -P show assoc user=alice format=cluster,account,user,partition,maxsubmit,qos,defaultqos
 ASSOC = """\
@@ -115,18 +114,6 @@ def _spec(**kw):
          "resources": {"stage1": {"pack_size": 1}, "stage2": {"pack_size": 1}}}
     d.update(kw)
     return S.parse(d)
-
-
-def _sweep(root: Path, n1: int, n2: int) -> Sweep:
-    """n1 stage-1 runs a*, n2 stage-2 runs b* (b_i needs a_(i mod n1))."""
-    ids1 = [f"a{i:011d}" for i in range(n1)]
-    rows = [{"run_id": r, "stage": 1, "needs": None, "technique": "lora", "origin_host": "a", "receiving_host": None,
-             "host_pair": "a", "condition": None, "regime": None} for r in ids1]
-    rows += [{"run_id": f"b{i:011d}", "stage": 2, "needs": ids1[i % n1], "technique": "lora", "origin_host": "a",
-              "receiving_host": "b", "host_pair": "a->b", "condition": "ported", "regime": 0} for i in range(n2)]
-    root.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), root / "plan.parquet")
-    return Sweep(root)
 
 
 class FakeSlurm:
