@@ -95,7 +95,8 @@ def test_make_passes_set_words_as_set_options():
                           "SET=seeds=[0,1] origin_training.steps=50"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     lines = [ln for ln in out.splitlines() if "-m pipeline" in ln]
-    assert len(lines) == 3
+    assert len(lines) == 4  # dry-run: plan, then sweep --dry-run (sbatch --test-only); sweep; run
+    assert any("-m pipeline sweep x.yaml --dry-run --set" in ln for ln in lines)
     for ln in lines:
-        assert ln.endswith("--set 'seeds=[0,1]' --set 'origin_training.steps=50'"), ln
+        assert "--set 'seeds=[0,1]' --set 'origin_training.steps=50'" in ln, ln
     assert yaml.safe_load("[0,1]") == [0, 1]
