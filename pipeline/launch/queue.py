@@ -153,7 +153,7 @@ class SubmitLimit:
     job), where that number comes from, and how many of the user's jobs are in the queue now."""
 
     max_jobs: int
-    source: str  # e.g. 'MaxSubmitJobs of association pipeline/root/root'
+    source: str  # e.g. 'MaxSubmitJobs of association mycluster/myaccount/alice'
     in_queue: int = 0
 
     @property
