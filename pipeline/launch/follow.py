@@ -60,7 +60,7 @@ def follow(sweep: Sweep, console, target: str, spec=None, interval: float = DEFA
                       f"shows where the runs stand, `pipeline resume {target} --follow` goes on", highlight=False)
         return 130
     console.print(progress_line(c), highlight=False)
-    bad = tot["failed"] + tot["timeout"] + tot["cancelled"] + tot["missing"]
+    bad = sum(tot[k] for k in st.REDO)
     if not until_done:
         console.print(f"every run is submitted; follow with `pipeline status {target}`", highlight=False)
         return 0

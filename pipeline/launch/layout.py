@@ -159,6 +159,10 @@ class ArrayPlan:
     def runs(self) -> int:
         return sum(len(t) for t in self.tasks)
 
+    def run_ids(self, first_task: int = 0) -> list[str]:
+        """The run ids of the tasks from ``first_task`` on, in order."""
+        return [rid for t in self.tasks[first_task:] for rid in t]
+
     def dependency(self) -> str | None:
         return f"afterany:{':'.join(self.depends)}" if self.depends else None
 
@@ -195,7 +199,7 @@ def fit(arrays: list[ArrayPlan], free: int | None) -> tuple[list[ArrayPlan], lis
         n = max(0, min(free, len(a.tasks)))
         if n:
             out.append(ArrayPlan(a.stage, a.tasks[:n], list(a.depends), min(a.throttle, n), a.pack, a.pack_source))
-        held += [rid for t in a.tasks[n:] for rid in t]
+        held += a.run_ids(n)
         free -= n
     return out, held
 
@@ -224,7 +228,7 @@ def fresh_layout(spec, plan, max_size: int) -> list[ArrayPlan]:
     """The arrays a first `pipeline sweep` would submit (stage-1 job ids as placeholders)."""
     s1 = [(r.run_id, r.labels["origin_host"], None) for r in plan.stage1]
     arrays = layout(spec, 1, [(s1, [])], max_size)
-    job = {rid: f"<stage-1 job {i + 1}>" for i, a in enumerate(arrays) for t in a.tasks for rid in t}
+    job = {rid: f"<stage-1 job {i + 1}>" for i, a in enumerate(arrays) for rid in a.run_ids()}
     groups: dict[str, list] = {}
     for r in plan.stage2:
         dep = job[r.needs] if r.needs else ""

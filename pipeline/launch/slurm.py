@@ -162,7 +162,7 @@ def _submit_all(sweep, spec, arrays: list[ArrayPlan], free: int | None, out: lis
         try:
             out.append((a, _submit(sweep, spec, a)))
         except LimitRefused as e:
-            held += [rid for b in todo[i:] for t in b.tasks for rid in t]
+            held += [rid for b in todo[i:] for rid in b.run_ids()]
             return 0, str(e)
         if free is not None:
             free -= len(a.tasks)
@@ -228,13 +228,13 @@ def submit_pending(sweep: Sweep, console, target: str, spec=None, only_waiting: 
         held: list[str] = []
         free, refused = _submit_all(sweep, spec, layout(spec, 1, [([item(r) for r in s1], [])], max_size),
                                     free, submitted, held)
-        new_job = {rid: rec["job_id"] for a, rec in submitted for t in a.tasks for rid in t}
+        new_job = {rid: rec["job_id"] for a, rec in submitted for rid in a.run_ids()}
         groups, held2 = stage2_groups([item(r) for r in s2], set(held),
                                       lambda need: new_job.get(need) or snap.active_job(need))
         order = sorted(groups, key=lambda d: (d != "", int(d) if d else 0))
         arrays2 = layout(spec, 2, [(groups[d], [d] if d else []) for d in order], max_size)
         if refused:
-            held += [rid for a in arrays2 for t in a.tasks for rid in t]
+            held += [rid for a in arrays2 for rid in a.run_ids()]
         else:
             free, refused = _submit_all(sweep, spec, arrays2, free, submitted, held)
         held += held2
@@ -289,12 +289,10 @@ def dry_run(console, spec, plan) -> None:
         console.print(f"submit limit: {limit.reason()}: {min(limit.free, tasks)} of {tasks} task(s) would be "
                       "submitted now, the rest wait (`pipeline resume` / `--follow` submit them as slots free)",
                       highlight=False)
-    free = limit.free if limit else None
+    fitting, _ = fit(arrays, limit.free if limit else None)  # a prefix of arrays, the last one maybe cut short
     root = Path(spec.output_dir).resolve()
     for i, a in enumerate(arrays):
-        n = len(a.tasks) if free is None else max(0, min(free, len(a.tasks)))
-        if free is not None:
-            free -= n
+        n = len(fitting[i].tasks) if i < len(fitting) else 0
         head = (f"array {i + 1}/{len(arrays)} (stage {a.stage}, {len(a.tasks)} task(s), {a.runs} run(s)"
                 + (f", after {', '.join(a.depends)}" if a.depends else "") + ")")
         if not n:

@@ -38,7 +38,8 @@ from .queue import SlurmQueryError, slurm_category
 
 STATES = ("done", "waiting", "pending", "running", "failed", "timeout", "cancelled", "missing")
 ACTIVE = ("pending", "running")  # never resubmitted
-RESUBMIT = ("waiting", "failed", "timeout", "cancelled", "missing")
+REDO = ("failed", "timeout", "cancelled", "missing")  # ended without a result: resume redoes them
+RESUBMIT = ("waiting", *REDO)
 JOBS_FILE = "jobs.jsonl"
 WAITING_FILE = "waiting.json"  # {"runs": [...], "reason": "...", "time": "..."}: held back by the last submitter
 
@@ -296,7 +297,7 @@ def print_status(console, snap: Snapshot, lines: int = 3, max_errors: int = 10, 
                           + (f", job {job}" if job else "") + ")", highlight=False)
             for line in error_lines(snap.sweep, rid, job, lines):
                 console.print(f"      {line}", highlight=False, markup=False)
-    todo = tot["failed"] + tot["timeout"] + tot["cancelled"] + tot["missing"]
+    todo = sum(tot[k] for k in REDO)
     where = target or str(snap.sweep.root)
     if tot["waiting"]:
         console.print(f"{tot['waiting']} run(s) waiting, not submitted: {snap.waiting.get('reason') or '?'} "
