@@ -53,11 +53,11 @@ def _is_peft(model: nn.Module) -> bool:
     return isinstance(model, peft.PeftModel)
 
 
-def save(model: nn.Module, folder: Path, *, technique: str, params: dict[str, Any], task, host: dict) -> Path:
-    """Write ``folder`` (atomically, as a whole): the module in peft's layout + the sidecar."""
+def save(model: nn.Module, folder: Path, state: dict, *, technique: str, params: dict[str, Any], task,
+         host: dict) -> Path:
+    """Write ``folder`` (atomically, as a whole): the module in peft's layout + the sidecar.  ``state``: the
+    module's tensors (``techniques.module_state``), written as they are for the in-project techniques."""
     from safetensors.torch import save_file
-
-    from . import techniques as RT
 
     meta = {"technique": technique, "params": params, "task": task.kind, "pooling": task.pooling,
             "label_words": list(task.label_words), "max_length": task.max_length, "template": task.template,
@@ -66,7 +66,6 @@ def save(model: nn.Module, folder: Path, *, technique: str, params: dict[str, An
         if _is_peft(model):
             model.save_pretrained(str(tmp))
         else:
-            state = RT.module_state(model)
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
             (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "technique": technique, "params": params,
                                                   "task": task.kind}, indent=1, sort_keys=True))
@@ -82,18 +81,25 @@ def read_meta(folder: Path | str) -> dict:
         raise ModuleError(f"{f}: missing or unreadable: not a module folder the pipeline wrote") from None
 
 
+def _config(folder: Path) -> dict:
+    return json.loads((folder / CONFIG).read_text())
+
+
 def prepare_host(host: nn.Module, folder: Path | str) -> nn.Module:
     """Give a freshly loaded host the pooling, positions and shims the module was trained with."""
+    return _prepare(host, read_meta(folder), _config(Path(folder)))
+
+
+def _prepare(host: nn.Module, meta: dict, config: dict) -> nn.Module:
     from . import pooling
     from .techniques._peft import cache_shim
 
-    meta = read_meta(folder)
     if meta["task"] != CLASSIFICATION:
         return host
     pool = pooling.find(host) or pooling.install(host, meta["pooling"])
     impl = get(meta["technique"]).impl
     if impl == "prompt":
-        pool.virtual_front = int(json.loads((Path(folder) / CONFIG).read_text())["num_virtual_tokens"])
+        pool.virtual_front = int(config["num_virtual_tokens"])
     if impl == "prefix":
         host = cache_shim(host)
     return host
@@ -102,9 +108,8 @@ def prepare_host(host: nn.Module, folder: Path | str) -> nn.Module:
 def load_module(host: nn.Module, folder: Path | str, *, trainable: bool = False) -> nn.Module:
     """The host with the module in ``folder`` attached (eval mode unless ``trainable``)."""
     folder = Path(folder)
-    meta = read_meta(folder)
-    host = prepare_host(host, folder)
-    config = json.loads((folder / CONFIG).read_text())
+    meta, config = read_meta(folder), _config(folder)
+    host = _prepare(host, meta, config)
     if config.get("format") != FORMAT:
         import peft
 

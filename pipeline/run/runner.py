@@ -163,7 +163,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
         state = RT.module_state(model)
         sha = port.save_module(state, sweep.module(row["run_id"]), {"run_id": row["run_id"], "technique": cfg["technique"],
                                                                     "host": cfg["host"]["model"]})
-        export.save(model, sweep.module(row["run_id"]) / export.FOLDER, technique=cfg["technique"],
+        export.save(model, sweep.module(row["run_id"]) / export.FOLDER, state, technique=cfg["technique"],
                     params=cfg["params"], task=task, host=cfg["host"])
         checks.update({"module_sha256": sha, "module_tensors": len(state),
                        "module_parameters": sum(t.numel() for t in state.values())})
