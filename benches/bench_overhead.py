@@ -37,32 +37,11 @@ def spec_dict(sizes: Sizes, out: Path, steps: int) -> dict:
 
 
 def bare_steps(env, steps: int) -> float:
-    """Samples/s of a bare torch loop over the run's batches (seed 0, epochs as the pipeline walks them)."""
-    import torch
+    """Samples/s of bench 1's bare torch loop over all ``steps`` of the run's batches (seed 0, as the run)."""
+    from .bench_train import bare_loop
 
-    from pipeline.run.train import batches
-
-    from .bench_train import fresh_model
-
-    model = fresh_model(env)
-    ids = env.task.encode(env.train.texts)
-    lengths = [len(x) for x in ids]
-    seq, epoch = [], 0
-    while len(seq) < steps:
-        seq += batches(lengths, env.sizes.batch, 0, epoch)
-        epoch += 1
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    t0, seen = time.perf_counter(), 0
-    for b in seq[:steps]:
-        batch = env.task.collate([ids[i] for i in b], [env.train.labels[i] for i in b])
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["class_ids"]).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        seen += len(b)
-    return seen / (time.perf_counter() - t0)
+    t0, marks = bare_loop(env, steps)
+    return steps * env.sizes.batch / (marks[-1] - t0)
 
 
 def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:

@@ -88,30 +88,34 @@ def _window(marks: list[float], env: Env, n: int | None = None) -> float:
 
 
 # ---------------------------------------------------------------- training contenders
-def train_pipeline(env: Env) -> tuple[float, float, list[float]]:
-    """(samples/s over one epoch's worth of steps, samples/s over the bare loop's steps, per-step end times)."""
-    from pipeline.run.train import accelerator, train
-
-    marks: list[float] = []
-    train(fresh_model(env), env.task, env.train.texts, env.train.labels, steps=env.cfg.steps, lr=LR, cfg=env.cfg,
-          seed=SEED, acc=accelerator("auto"), on_step=lambda _s: marks.append(time.perf_counter()))
-    return _window(marks, env), _window(marks, env, env.sizes.trainer_window), marks
-
-
-def train_tracked(env: Env) -> list[float]:
-    """The pipeline's train() with the default tracker on (TensorBoard event files, as a sweep writes them)."""
-    from accelerate.tracking import TensorBoardTracker
-
+def pipeline_marks(env: Env, tracked: bool = False) -> list[float]:
+    """Per-step end times of the pipeline's train() (``tracked``: with the default tracker on, TensorBoard
+    event files as a sweep writes them)."""
     from pipeline.run import tracking
     from pipeline.run.train import accelerator, train
 
     marks: list[float] = []
-    acc = accelerator("auto", [TensorBoardTracker("bench", str(env.tmp / "tb"), flush_secs=30)])
+    trackers = []
+    if tracked:
+        from accelerate.tracking import TensorBoardTracker
+
+        trackers = [TensorBoardTracker("bench", str(env.tmp / "tb"), flush_secs=30)]
+    acc = accelerator("auto", trackers)
     tracking.start(acc, "bench", {"technique": TECHNIQUE})
     train(fresh_model(env), env.task, env.train.texts, env.train.labels, steps=env.cfg.steps, lr=LR, cfg=env.cfg,
           seed=SEED, acc=acc, on_step=lambda _s: marks.append(time.perf_counter()))
     tracking.finish(acc, env.cfg.steps, {"accuracy": 0.5})
     return marks
+
+
+def train_pipeline(env: Env) -> tuple[float, float, list[float]]:
+    """(samples/s over one epoch's worth of steps, samples/s over the bare loop's steps, per-step end times)."""
+    marks = pipeline_marks(env)
+    return _window(marks, env), _window(marks, env, env.sizes.trainer_window), marks
+
+
+def train_tracked(env: Env) -> list[float]:
+    return pipeline_marks(env, tracked=True)
 
 
 def tracking_overhead(tracked: list[float], plain: list[float], env: Env) -> float:
@@ -123,8 +127,9 @@ def tracking_overhead(tracked: list[float], plain: list[float], env: Env) -> flo
     return (statistics.median(r) - 1) * 100
 
 
-def train_bare(env: Env) -> tuple[float, list[float]]:
-    """The same batches (pipeline.run.train.batches + Task.collate) through a minimal torch loop."""
+def bare_loop(env: Env, steps: int) -> tuple[float, list[float]]:
+    """``steps`` of the pipeline's batches (pipeline.run.train.batches + Task.collate, seed 0) through a minimal
+    torch loop; (start time, per-step end times)."""
     import torch
 
     from pipeline.run.train import batches
@@ -133,14 +138,13 @@ def train_bare(env: Env) -> tuple[float, list[float]]:
     ids = env.task.encode(env.train.texts)
     labels = env.train.labels
     lengths = [len(x) for x in ids]
-    steps = env.sizes.warmup_steps + env.sizes.trainer_window
     seq, epoch = [], 0
     while len(seq) < steps:
         seq += batches(lengths, env.sizes.batch, SEED, epoch)
         epoch += 1
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     model.train()
-    marks = []
+    t0, marks = time.perf_counter(), []
     for b in seq[:steps]:
         batch = env.task.collate([ids[i] for i in b], [labels[i] for i in b])
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["class_ids"]).loss
@@ -149,6 +153,12 @@ def train_bare(env: Env) -> tuple[float, list[float]]:
         opt.zero_grad(set_to_none=True)
         loss.item()
         marks.append(time.perf_counter())
+    return t0, marks
+
+
+def train_bare(env: Env) -> tuple[float, list[float]]:
+    """The bare loop over the warm-up and the measured window: (samples/s over the window, per-step end times)."""
+    _, marks = bare_loop(env, env.sizes.warmup_steps + env.sizes.trainer_window)
     return _window(marks, env), marks
 
 
