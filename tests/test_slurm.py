@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -276,40 +277,51 @@ def max_submit():
     set_(-1)
 
 
+@contextmanager
+def drained(node: str = "localhost"):
+    """The node takes no new jobs inside the block (drained), and takes them again after it, even on failure."""
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=test: queue held"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+
+
 def test_submit_limit_holds_runs_back_until_slots_free(make_spec, max_submit):
     spec, sweep = make_spec(both_directions=True, conditions=["ported", "scratch"], regimes=["zero-shot"],
                             resources={"stage1": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1},
                                        "stage2": {"time_min": 10, "mem_gb": 2, "cpus": 1, "pack_size": 1}})
     max_submit(3)  # 2 stage-1 + 4 stage-2 runs, one a task: 6 jobs, 3 may be queued
     t0 = time.time()
-    out = cli("sweep", spec)
-    recs = records(sweep)
-    assert sum(len(r["tasks"]) for r in recs) == 3, out  # exactly what fits
-    assert [(r["stage"], len(r["tasks"])) for r in recs] == [(1, 2), (2, 1)]  # stage 1 first
-    assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out
-    subprocess.run(["scontrol", "hold", *[r["job_id"] for r in recs]], check=True)  # the queue stays full ...
-    assert len(user_jobs()) == 3
-    out = cli("status", sweep)
-    st = counts(out)
-    assert st["all"]["waiting"] == 3 and st["all"]["pending"] + st["all"]["running"] == 3, out
-    assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out and "is 3" in out
-    out = cli("resume", sweep)  # ... so resume submits nothing more
-    assert "queued 0 array job(s)" in out and len(records(sweep)) == 2 and counts(cli("status", sweep))["all"][
-        "waiting"] == 3
+    with drained():  # no job may start (and free a slot) before the hold below takes effect
+        out = cli("sweep", spec)
+        recs = records(sweep)
+        assert sum(len(r["tasks"]) for r in recs) == 3, out  # exactly what fits
+        assert [(r["stage"], len(r["tasks"])) for r in recs] == [(1, 2), (2, 1)]  # stage 1 first
+        assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out
+        subprocess.run(["scontrol", "hold", *[r["job_id"] for r in recs]], check=True)  # the queue stays full ...
+        assert len(user_jobs()) == 3
+        out = cli("status", sweep)
+        st = counts(out)
+        assert st["all"]["waiting"] == 3 and st["all"]["pending"] + st["all"]["running"] == 3, out
+        assert "3 run(s) waiting, not submitted: MaxSubmitJobs of association" in out and "is 3" in out
+        out = cli("resume", sweep)  # ... so resume submits nothing more
+        assert "queued 0 array job(s)" in out and len(records(sweep)) == 2 and counts(cli("status", sweep))["all"][
+            "waiting"] == 3
 
-    # --follow polls; Ctrl-C stops it cleanly with nothing half-done
-    p = subprocess.Popen([sys.executable, "-m", "pipeline", "resume", str(sweep), "--follow", "--interval", "30"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in p.stdout:
-        seen.append(line)
-        if "next check in 30 s" in line:
-            break
-    p.send_signal(signal.SIGINT)
-    rest, _ = p.communicate(timeout=30)
-    assert p.returncode == 130, "".join(seen) + rest
-    assert "waiting 3" in "".join(seen) and "stopped following (Ctrl-C)" in rest and "Traceback" not in rest
-    assert len(records(sweep)) == 2
+        # --follow polls; Ctrl-C stops it cleanly with nothing half-done
+        p = subprocess.Popen([sys.executable, "-m", "pipeline", "resume", str(sweep), "--follow", "--interval", "30"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if "next check in 30 s" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=30)
+        assert p.returncode == 130, "".join(seen) + rest
+        assert "waiting 3" in "".join(seen) and "stopped following (Ctrl-C)" in rest and "Traceback" not in rest
+        assert len(records(sweep)) == 2
 
     subprocess.run(["scontrol", "release", *[r["job_id"] for r in recs]], check=True)
     out = cli("resume", sweep, "--follow", "--until-done", "--interval", "2", timeout=400)
