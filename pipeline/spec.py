@@ -21,10 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import techniques
+from .conditions import HEADS
+from .conditions import NAMES as CONDITIONS
 from .errors import SpecError
 from .techniques.base import TASKS, TRAINING_KEYS
 
-CONDITIONS = ("ported", "scratch", "sampled", "head-only")  # the study's conditions, in display order
 POOLINGS = ("mean", "cls", "pooler")  # how a classification host pools (pipeline.run.pooling); "auto" picks one
 GRID_KEYS = TRAINING_KEYS  # technique params that may be lists (one set of runs per value)
 ZERO_SHOT = "zero-shot"
@@ -57,6 +58,9 @@ class Dataset(_Strict):
     eval_split: str | None = None  # None: hold out eval_size examples of train_split
     train_size: int | None = Field(default=None, gt=0)
     eval_size: int = Field(default=500, gt=0)
+    # A stratified development split, disjoint from train and eval, held out before train is drawn: budgets
+    # and learning rates are chosen on it (``evaluate_on: dev``), never on the evaluation set.
+    dev_size: int = Field(default=0, ge=0)
 
     @field_validator("template")
     @classmethod
@@ -120,7 +124,16 @@ class Spec(_Strict):
     conditions: list[Literal[CONDITIONS]] = Field(min_length=1)
     regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
     seeds: list[int] = Field(min_length=1)
-    port_head: bool = True
+    # Where a classification host's task knowledge sits (pipeline/conditions.py): free = no trained head, the
+    # class score is temperature x cosine(pooled input, pooled label text) + the module's per-class bias;
+    # trained = a classification head trained at stage 1 and given, the same, to every stage-2 condition.
+    head: Literal[HEADS] = "free"
+    temperature: float = Field(default=20.0, gt=0, description="head: free -- the fixed scale of the cosine scores")
+    class_bias: bool = Field(default=True, description="head: free -- a per-class bias, part of the module")
+    port_head: bool = Field(default=True, description="head: trained -- every condition gets the ported head "
+                                                      "(false: the same seeded fresh head)")
+    evaluate_on: Literal["eval", "dev"] = Field(
+        default="eval", description="dev: score on each dataset's development split (tuning sweeps); eval: the study")
     origin_training: Training = Training()
     further_training: Training = Training()
     resources: Stages = Stages()
@@ -193,6 +206,11 @@ class Spec(_Strict):
                 if bad or not vals:
                     what = "a positive integer" if k == "steps" else "a positive number"
                     raise _PathError(f"technique_params.{t}.{k}", f"must be {what} or a list of them, got {v!r}")
+        if self.evaluate_on == "dev":
+            for i, d in enumerate(self.datasets):
+                if not d.dev_size:
+                    raise _PathError(f"datasets[{i}].dev_size", "evaluate_on: dev needs a development split "
+                                     "(dev_size > 0)")
         if len(self.directed_pairs()) != len(set(self.directed_pairs())):
             raise _PathError("host_pairs", "the same origin -> receiving pair appears twice "
                              "(both_directions already adds the reverse)")
