@@ -1,9 +1,10 @@
 """Expand a spec into runs: a two-stage DAG with content-hashed run ids.
 
 Stage 1 trains each module on its origin host (technique x origin x dataset x
-seed).  Stage 2 runs on the receiving host (x condition x regime); ``ported``
-and ``sampled`` runs need their stage-1 module, ``scratch`` runs need nothing.
-``head-only`` runs (the control) load only the stage-1 module's head.
+seed).  Stage 2 runs on the receiving host (x condition x regime); what each
+condition loads, and so which stage-1 run it needs, is declared in
+``pipeline/conditions.py`` (under ``head: free``, ``no-module`` has nothing to
+train and is planned at zero-shot only).
 A run id is a short hash of everything that affects the run's result, so it
 is stable under key order and changes when any such field changes: the
 technique and its params, the data and its split recipe, the seed, the
@@ -28,15 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .conditions import CONDITIONS, FREE, TRAINED
 from .errors import SpecError
 from .spec import Spec
+from .techniques.base import CLASSIFICATION, TRAINING_KEYS
 
 ID_LEN = 12
 EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depends on of further_training
 SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
 SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
-VARYING2 = ("condition", "origin", "port_head", "regime", "seed", "training")  # of a stage-2 key, within a dataset
+VARYING2 = ("condition", "origin", "regime", "seed", "training")  # of a stage-2 key, within a dataset
 # The columns of plan.parquet (``Run.row``) besides the run's full config and settings (JSON).
 PLAN_COLUMNS = ("run_id", "stage", "technique", "origin_host", "receiving_host", "host_pair", "dataset", "variant",
                 "seed", "condition", "regime", "needs", "origin_run")
@@ -58,8 +61,19 @@ def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _norm(value: Any) -> Any:
+    """Numerically equal values hash equally: a float with an integer value is the integer (16.0 -> 16)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return value
+
+
 def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(_norm(value), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def run_id(key: dict[str, Any]) -> str:
@@ -85,6 +99,8 @@ class IdMaker:
             if hit is None:
                 hit = self._by_id[id(v)] = (v, _canon(v))
             return hit[1]
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
         try:
             k = (type(v), v)
             s = self._by_value.get(k)
@@ -192,6 +208,21 @@ def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]], source: str) -
                             "head would read another vector -- set the same `pooling:` on both hosts")
 
 
+def _formulation(spec: Spec, task: str) -> dict[str, Any]:
+    """What the run ids carry of the head formulation (pipeline/conditions.py): text-to-text hosts are always
+    head-free; a classification host's ``head``, and the settings that shape its scores or its head; a tuning
+    sweep's ``evaluate_on: dev``."""
+    head = spec.head if task == CLASSIFICATION else FREE
+    out: dict[str, Any] = {"head": head}
+    if task == CLASSIFICATION and head == FREE:
+        out.update({"temperature": spec.temperature, "class_bias": spec.class_bias})
+    if head == TRAINED:
+        out["port_head"] = spec.port_head
+    if spec.evaluate_on == "dev":
+        out["evaluate_on"] = "dev"
+    return out
+
+
 def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: str = "<spec>") -> Plan:
     """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given.
     ``source`` (the spec's file) starts the message of a SpecError."""
@@ -201,8 +232,7 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     stage1: dict[tuple, Run] = {}
     make_id = IdMaker()
     enc = make_id.encode
-    conds = [(c, enc(c), ph, enc(ph)) for c in spec.conditions
-             for ph in [spec.port_head if c in ("ported", "sampled") else None]]
+    conds = [(c, enc(c), CONDITIONS[c]) for c in spec.conditions]
     ft = spec.further_training.model_dump()
     ot = spec.origin_training.model_dump()
     settings1 = {k: ot[k] for k in SETTINGS}
@@ -210,24 +240,29 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}
     ft_eval = {k: ft[k] for k in EVAL_FIELDS}
     ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}
-    regs = [(r, enc(r), tr, enc(tr)) for r in spec.regimes for tr in [ft_train if r else ft_eval]]
     for technique, (variant, params) in ((t, v) for t in spec.techniques for v in spec.variants_for(t)):
-        training1 = {**ot_train, "steps": params.get("steps", ot["steps"])}
+        # lr and steps are training settings: hashed once, resolved, in the training dicts (so `--set
+        # lora.steps=100` = the default budget plans the same ids); the module's own params stay in `params`
+        module_params = {k: v for k, v in params.items() if k not in TRAINING_KEYS}
+        training1 = {**ot_train, "steps": params.get("steps", ot["steps"]), "lr": ot_train["lr"] or params["lr"]}
+        regs = [(r, enc(r), tr, enc(tr)) for r in spec.regimes
+                for tr in [{**ft_train, "lr": ft_train["lr"] or params["lr"]} if r else ft_eval]]
         for origin_name, recv_name in spec.directed_pairs():
             origin, recv = spec.host(origin_name), spec.host(recv_name)
             pair = f"{origin_name}->{recv_name}"
             recv_host = _host_key(hosts[recv_name])
             origin_host = _host_key(hosts[origin_name])
+            form = _formulation(spec, origin.task)
             for ds in spec.datasets:
                 dsd = {**ds.model_dump(mode="json", exclude={"name"}), "split_version": SPLIT_VERSION}
                 id2 = make_id.template({"stage": 2, "host": recv_host, "task": recv.task, "technique": technique,
-                                        "params": params, "dataset": dsd}, VARYING2)
+                                        "params": module_params, "dataset": dsd, **form}, VARYING2)
                 for seed in spec.seeds:
                     k1 = (technique, variant, origin_name, ds.name, seed)
                     if k1 not in stage1:
-                        key = {"stage": 1, "technique": technique, "params": params,
+                        key = {"stage": 1, "technique": technique, "params": module_params,
                                "host": origin_host, "task": origin.task, "dataset": dsd,
-                               "seed": seed, "training": training1}
+                               "seed": seed, "training": training1, **form}
                         labels = {"origin_host": origin_name, "host_pair": origin_name, "dataset": ds.name,
                                   "variant": variant}
                         stage1[k1] = Run(make_id(key), 1, key, labels, settings=settings1)
@@ -235,14 +270,16 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
                     labels2 = {"origin_host": origin_name, "receiving_host": recv_name, "host_pair": pair,
                                "dataset": ds.name, "variant": variant}  # shared by the seed's stage-2 runs
                     e_origin, e_seed = enc(s1.run_id), enc(seed)
-                    for condition, e_cond, port_head, e_port in conds:
-                        needs = s1.run_id if condition != "scratch" else None
+                    for condition, e_cond, cond in conds:
+                        needs = s1.run_id if cond.needs_stage1(form["head"], spec.port_head) else None
                         for regime, e_regime, training, e_training in regs:
+                            if regime and not cond.trains(form["head"]):
+                                continue  # nothing to train: planned at zero-shot only
                             key = {"stage": 2, "origin": s1.run_id, "host": recv_host,
-                                   "task": recv.task, "technique": technique, "params": params, "dataset": dsd,
-                                   "seed": seed, "condition": condition, "regime": regime,
-                                   "training": training, "port_head": port_head}
-                            rid = id2(e_cond, e_origin, e_port, e_regime, e_seed, e_training)
+                                   "task": recv.task, "technique": technique, "params": module_params,
+                                   "dataset": dsd, "seed": seed, "condition": condition, "regime": regime,
+                                   "training": training, **form}
+                            rid = id2(e_cond, e_origin, e_regime, e_seed, e_training)
                             plan.stage2.append(Run(rid, 2, key, labels2, needs, s1.run_id, settings2))
     plan.stage1 = list(stage1.values())
     ids = [r.run_id for r in plan.runs]

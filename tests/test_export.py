@@ -34,23 +34,29 @@ def sweep(tmp_path_factory, models_dir):
 
 
 def fresh_host(name: str, models_dir: Path):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel
 
-    return AutoModelForSequenceClassification.from_pretrained(resolve_host(name, models_dir), num_labels=2)
+    return AutoModel.from_pretrained(resolve_host(name, models_dir))  # head-free modules (the default)
 
 
 def scores(model, folder: Path, texts, models_dir, host: str) -> torch.Tensor:
-    """Class-1 minus class-0 logits, computed with a plain tokenizer call (no pipeline code)."""
+    """Class-1 minus class-0 scores computed with a plain tokenizer call and the documented formula (no
+    pipeline code): temperature * (cosine(pooled text, pooled label text) + the module's class bias)."""
     from transformers import AutoTokenizer
 
     meta = json.loads((folder / "pipeline_module.json").read_text())
     tok = AutoTokenizer.from_pretrained(resolve_host(host, models_dir))
+
+    def pooled(batch_texts):
+        batch = tok(batch_texts, truncation=True, max_length=meta["max_length"], padding=True, return_tensors="pt")
+        return torch.nn.functional.normalize(model(**batch).pooler_output.float(), dim=-1)
+
     out = []
     with torch.no_grad():
+        labels = pooled(meta["label_words"])
         for i in range(0, len(texts), 16):
-            batch = tok(texts[i:i + 16], truncation=True, max_length=meta["max_length"], padding=True, return_tensors="pt")
-            logits = model(**batch).logits.float()
-            out.append(logits[:, 1] - logits[:, 0])
+            s = meta["temperature"] * (pooled(texts[i:i + 16]) @ labels.T + torch.tensor(meta["class_bias"]))
+            out.append(s[:, 1] - s[:, 0])
     return torch.cat(out)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pipeline import plan as P
 from pipeline import spec as S
+from pipeline import techniques as T
 from tests.test_spec import BASE
 
 
@@ -113,11 +114,41 @@ def test_settings_that_do_not_change_results_are_not_hashed():
     assert '"eval_batch_size": 7' in row["settings_json"]
 
 
-def test_head_only_control_needs_the_module_and_per_technique_budgets():
-    p = P.build(make(conditions=["ported", "head-only"], technique_params={"lora": {"steps": 33, "lr": 0.01}}))
-    ho = [r for r in p.stage2 if r.key["condition"] == "head-only"]
-    assert ho and all(r.needs == r.origin_run for r in ho)
-    assert all(r.key["training"]["steps"] == 33 for r in p.stage1)
+def test_no_module_control_follows_the_conditions_table_and_per_technique_budgets():
+    # head-free (default): the bare host -- needs no module, has nothing to train (zero-shot only)
+    p = P.build(make(conditions=["ported", "no-module"], regimes=["zero-shot", 10],
+                     technique_params={"lora": {"steps": 33, "lr": 0.01}}))
+    nm = [r for r in p.stage2 if r.key["condition"] == "no-module"]
+    assert nm and all(r.needs is None and r.key["regime"] == 0 for r in nm)
+    assert {r.key["regime"] for r in p.stage2 if r.key["condition"] == "ported"} == {0, 10}
+    assert all(r.key["training"]["steps"] == 33 and r.key["training"]["lr"] == 0.01 for r in p.stage1)
+    # trained head: every condition gets the ported head, so every condition needs the stage-1 run
+    p = P.build(make(head="trained", conditions=["scratch", "no-module"], regimes=["zero-shot", 10]))
+    assert p.stage2 and all(r.needs == r.origin_run for r in p.stage2)
+    assert {r.key["regime"] for r in p.stage2 if r.key["condition"] == "no-module"} == {0, 10}
+    assert all(r.key["head"] == "trained" and r.key["port_head"] is True for r in p.runs)
+
+
+def test_the_head_formulation_and_a_tuning_split_change_ids():
+    ids = lambda **kw: {r.run_id for r in P.build(make(**kw)).runs}  # noqa: E731
+    base = ids()
+    assert base.isdisjoint(ids(head="trained"))
+    assert base.isdisjoint(ids(temperature=10.0))
+    assert base.isdisjoint(ids(class_bias=False))
+    ds = [{**BASE["datasets"][0], "dev_size": 50}]
+    assert ids(datasets=ds).isdisjoint(ids(datasets=ds, evaluate_on="dev"))
+
+
+def test_numerically_equal_and_default_params_plan_the_same_ids():
+    """A no-op override plans no new run: 16 = 16.0, an explicit default = the default, and a technique's
+    default step budget or lr written out = left out."""
+    ids = lambda **kw: [r.run_id for r in P.build(make(**kw)).runs]  # noqa: E731
+    base = ids()
+    assert ids(technique_params={"lora": {"lora_alpha": 16.0}}) == ids(technique_params={"lora": {"lora_alpha": 16}})
+    assert ids(technique_params={"lora": {"steps": BASE.get("origin_training", {}).get("steps", 100)}}) == base
+    assert ids(technique_params={"lora": {"lr": T.get("lora").lr}}) == base
+    assert ids(technique_params={"lora": {"r": T.get("lora").defaults["r"]}}) == base
+    assert ids(technique_params={"lora": {"r": 4}}) != base
 
 
 def test_a_learning_rate_grid_plans_one_set_of_runs_per_value():
@@ -133,7 +164,7 @@ GOLDEN_HOSTS = {"a": {"model": "m1", "path": None, "fingerprint": "f" * 16, "poo
 
 def golden_spec(reverse=False):
     d = copy.deepcopy(BASE)
-    d.update(techniques=["lora", "prefix"], conditions=["ported", "scratch", "sampled", "head-only"], seeds=[0, 1],
+    d.update(techniques=["lora", "prefix"], conditions=["ported", "scratch", "sampled", "no-module"], seeds=[0, 1],
              regimes=["zero-shot", 10], technique_params={"lora": {"lr": [1e-3, 3e-3]}})
     return S.parse(dict(reversed(list(d.items()))) if reverse else d)
 

@@ -133,14 +133,23 @@ def stratified_take(order: list[int], labels: list[int], n: int) -> tuple[list[i
 
 
 def load(ds) -> tuple[Split, Split]:
-    """(train, eval) for a spec ``Dataset``; deterministic for a given spec.
+    """(train, eval) for a spec ``Dataset`` (see ``splits``)."""
+    tr, _, ev = splits(ds)
+    return tr, ev
+
+
+def splits(ds) -> tuple[Split, Split, Split]:
+    """(train, dev, eval) for a spec ``Dataset``; deterministic for a given spec.
 
     The corpus is deduplicated first (``dedupe``), so no text is in both splits.
     Without ``eval_split`` the eval set is a stratified sample of ``eval_size``
     examples (class shares as in the corpus) and train the rest; ``train_size``
     takes a stratified subset of that.  With ``eval_split``, eval texts that
-    also occur in the train split are removed from train.  The shuffle is fixed
-    (SPLIT_SEED), independent of run seeds.
+    also occur in the train split are removed from train.  ``dev_size`` > 0
+    then holds out a stratified development split from what is left (before
+    ``train_size`` is drawn), disjoint from both: tuning sweeps score on it,
+    the study on eval.  The shuffle is fixed (SPLIT_SEED), independent of run
+    seeds.
     """
     import random
 
@@ -163,11 +172,19 @@ def load(ds) -> tuple[Split, Split]:
         ev = Split(tuple(et[i] for i in eorder), tuple(el[i] for i in eorder))
         seen = {_key(t) for t in ev.texts}
         train_idx = [i for i in order if _key(texts[i]) not in seen]
+    dev_idx: list[int] = []
+    dev_size = getattr(ds, "dev_size", 0) or 0
+    if dev_size:
+        if len(train_idx) <= dev_size:
+            raise DataError(f"dataset {ds.name!r}: {len(train_idx)} examples left after eval, not more than "
+                            f"dev_size={dev_size}")
+        dev_idx, train_idx = stratified_take(train_idx, labels, dev_size)
     if ds.train_size is not None and ds.train_size < len(train_idx):
         train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
     tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
+    dev = Split(tuple(texts[i] for i in dev_idx), tuple(labels[i] for i in dev_idx))
     n_labels = len(ds.label_words)
-    bad = {y for y in tr.labels + ev.labels if not 0 <= y < n_labels}
+    bad = {y for y in tr.labels + ev.labels + dev.labels if not 0 <= y < n_labels}
     if bad:
         raise DataError(f"dataset {ds.name!r}: labels {sorted(bad)} outside 0..{n_labels - 1} (label_words has {n_labels})")
-    return tr, ev
+    return tr, dev, ev

@@ -14,8 +14,9 @@ Every stage-1 run writes, beside the module the pipeline ports
   meant in training -- technique, task, pooling, label words, max length, the
   host's name and fingerprint.
 
-Two documented calls, both on a host you loaded yourself
-(``AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)``)::
+Two documented calls, both on a host you loaded yourself (``AutoModel.from_pretrained(path)`` for a
+head-free module -- the default; ``AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)``
+for ``head: trained``)::
 
     from pipeline.run.export import load_module, prepare_host
     model = load_module(host, "sweep/modules/<run_id>/adapter")   # any technique
@@ -40,7 +41,7 @@ from torch import nn
 from ..errors import ModuleError
 from ..files import atomic_dir
 from ..techniques import get
-from ..techniques.base import CLASSIFICATION
+from ..techniques.base import ENCODER_KINDS, SIMILARITY
 
 FOLDER = "adapter"
 CONFIG, WEIGHTS, SIDECAR = "adapter_config.json", "adapter_model.safetensors", "pipeline_module.json"
@@ -59,9 +60,16 @@ def save(model: nn.Module, folder: Path, state: dict, *, technique: str, params:
     module's tensors (``techniques.module_state``), written as they are for the in-project techniques."""
     from safetensors.torch import save_file
 
+    from . import pooling
+
     meta = {"technique": technique, "params": params, "task": task.kind, "pooling": task.pooling,
             "label_words": list(task.label_words), "max_length": task.max_length, "template": task.template,
             "host": host.get("model"), "host_fingerprint": host.get("fingerprint")}
+    if task.kind == SIMILARITY:  # head-free scoring: its scale, and the module's per-class bias (peft keeps no copy)
+        pool = pooling.find(model)
+        bias = pool.class_bias if pool is not None else None
+        meta.update({"temperature": task.temperature,
+                     "class_bias": bias.detach().cpu().tolist() if bias is not None else None})
     with atomic_dir(folder) as tmp:
         if _is_peft(model):
             model.save_pretrained(str(tmp))
@@ -94,9 +102,14 @@ def _prepare(host: nn.Module, meta: dict, config: dict) -> nn.Module:
     from . import pooling
     from .techniques._peft import cache_shim
 
-    if meta["task"] != CLASSIFICATION:
+    if meta["task"] not in ENCODER_KINDS:
         return host
     pool = pooling.find(host) or pooling.install(host, meta["pooling"])
+    if meta.get("class_bias") is not None:
+        import torch
+
+        pooling.add_class_bias(pool, len(meta["class_bias"]))
+        pool.class_bias.data = torch.tensor(meta["class_bias"], dtype=pool.class_bias.dtype)
     impl = get(meta["technique"]).impl
     if impl == "prompt":
         pool.virtual_front = int(config["num_virtual_tokens"])
@@ -117,10 +130,13 @@ def load_module(host: nn.Module, folder: Path | str, *, trainable: bool = False)
     else:
         from safetensors.torch import load_file
 
-        from . import port
+        from . import pooling, port
         from . import techniques as RT
 
         model = RT.build(meta["technique"], host, meta["task"], config["params"])
+        pool = pooling.find(model)
+        if pool is not None and pool.class_bias is not None:
+            pool.class_bias.requires_grad_(True)  # part of the module
         port.load_into(model, load_file(str(folder / WEIGHTS)), include_head=True)
         if not trainable:
             model.requires_grad_(False)

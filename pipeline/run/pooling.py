@@ -51,6 +51,8 @@ class Pool(nn.Module):
                 raise PoolingError("pooling 'pooler' needs a host with a BERT-style pooler (dense + tanh)")
             self.dense, self.activation = pooler.dense, pooler.activation
         self._mask: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None  # the pooled vectors of the last forward (head-free scoring reads it)
+        self.class_bias: nn.Parameter | None = None  # head-free hosts: the module's per-class bias (add_class_bias)
         self.last_positions: torch.Tensor | None = None  # what the embeddings last saw (tests read it)
 
     # -- hooks ---------------------------------------------------------------------
@@ -80,17 +82,21 @@ class Pool(nn.Module):
         if self.mode == "mean":
             mask = self._mask
             if mask is None:
-                return real.mean(1)
+                self.last = real.mean(1)
+                return self.last
             m = mask[:, -length:][:, v:].to(real.dtype).unsqueeze(-1)
-            return (real * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            self.last = (real * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            return self.last
         first = real[:, 0]
-        if self.mode == "cls":
-            return first
-        return self.activation(self.dense(first))
+        self.last = first if self.mode == "cls" else self.activation(self.dense(first))
+        return self.last
 
 
 def encoder_of(model: nn.Module) -> nn.Module | None:
-    """The base encoder (``model.bert`` ...) that owns ``embeddings`` and ``pooler``."""
+    """The base encoder (``model.bert`` ..., or the model itself when it is one) that owns ``embeddings``
+    and ``pooler``."""
+    if hasattr(model, "embeddings") and hasattr(model, "pooler"):
+        return model
     prefix = getattr(model, "base_model_prefix", None)
     enc = getattr(model, prefix, None) if prefix else None
     return enc if enc is not None and hasattr(enc, "embeddings") else None
@@ -107,6 +113,12 @@ def install(model: nn.Module, mode: str) -> Pool:
     if hasattr(enc.embeddings, "position_embeddings"):
         enc.embeddings.register_forward_pre_hook(pool.fix_positions, with_kwargs=True)
     return pool
+
+
+def add_class_bias(pool: Pool, classes: int) -> None:
+    """Give a head-free host's pool a per-class bias (zeros, frozen until a technique's module takes it:
+    it is part of the module, ported and sampled with it; the bare host has none in effect)."""
+    pool.class_bias = nn.Parameter(torch.zeros(classes), requires_grad=False)
 
 
 def find(model: nn.Module) -> Pool | None:

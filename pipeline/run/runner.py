@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import techniques as T
+from ..conditions import CONDITIONS, FREE, NONE, PORTED, SAMPLED
 from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
@@ -85,17 +86,26 @@ def dataset_of(row: dict, cfg: dict) -> Dataset:
     return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
 
 
+def run_kind(cfg: dict) -> str:
+    """How the run scores classes: a classification host is SIMILARITY under ``head: free`` (the
+    default; planned configs without the key predate it and had a trained head)."""
+    if cfg["task"] != T.CLASSIFICATION:
+        return cfg["task"]
+    return T.SIMILARITY if cfg.get("head", "trained") == FREE else T.CLASSIFICATION
+
+
 def make_task(cfg: dict, ds: Dataset, tokenizer, training: Training, path: str | None = None) -> Task:
     pooling = cfg["host"].get("pooling") or "cls"
     if pooling == "auto":
         from ..hosts import default_pooling
 
         pooling = default_pooling(path) if path else "cls"
-    return Task(cfg["task"], tokenizer, tuple(ds.label_words), training.max_length, ds.template, pooling)
+    return Task(run_kind(cfg), tokenizer, tuple(ds.label_words), training.max_length, ds.template, pooling,
+                temperature=cfg.get("temperature", 20.0), class_bias=cfg.get("class_bias", False))
 
 
-def _head_only(model, task_kind: str):
-    """The control: no PEFT module, only the (ported) classification head is trainable."""
+def _no_module(model, task_kind: str):
+    """No PEFT module: the bare host (a trained-head formulation's head stays trainable)."""
     from .techniques.adapter import enable_head
 
     model.requires_grad_(False)
@@ -103,47 +113,72 @@ def _head_only(model, task_kind: str):
     return model
 
 
+def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.Module, dict]:
+    """The model a run starts from: the host with what its condition puts on it (pipeline/conditions.py),
+    and a record of what was loaded.  Stage 1 and every condition with a module start from the technique's
+    fresh initialisation (torch's RNG seeded with the run's seed); stage 2 then loads the stage-1 module's
+    tensors the condition names (``module_folder``), bit-exactly, and -- under a trained head -- its head."""
+    from .pooling import find
+
+    stage, seed = cfg["stage"], cfg["seed"]
+    cond = CONDITIONS[cfg["condition"]] if stage == 2 else None
+    if task.kind == T.CLASSIFICATION:
+        task.reset_head(model, seed)
+    torch.manual_seed(seed)
+    with_module = cond is None or cond.module != NONE
+    if with_module:
+        model = RT.build(T.get(cfg["technique"]), model, task.kind, cfg["params"])  # the fresh initialisation
+        pool = find(model) if task.kind == T.SIMILARITY else None
+        if pool is not None and pool.class_bias is not None:
+            pool.class_bias.requires_grad_(True)  # the per-class bias is part of the module
+    else:
+        model = _no_module(model, task.kind)
+    checks: dict = {}
+    if cond is None:
+        return model, checks
+    formulation = FREE if task.kind != T.CLASSIFICATION else "trained"
+    head = cond.head(formulation, cfg.get("port_head", True))
+    checks.update({"loaded_module": cond.module, "loaded_head": head})
+    if not cond.needs_stage1(formulation, cfg.get("port_head", True)):
+        return model, checks
+    state, info = port.load_module(module_folder)
+    module_part = {n: t for n, t in state.items() if not T.is_head_param(n)}
+    if cond.module == SAMPLED:
+        module_part, sampled = port.sample_like(module_part, seed)
+        checks.update(sampled)
+    if cond.module in (PORTED, SAMPLED):
+        checks.update(port.load_into(model, module_part, include_head=False))
+    if head == PORTED:
+        got = port.load_head(model, state)
+        checks["port_exact"] = checks.get("port_exact", True) and got["port_exact"]
+        checks["ported_head_tensors"] = got["ported_tensors"]
+    checks["origin_module_sha256"] = info["sha256"]
+    return model, checks
+
+
 def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: False, on_step=None) -> dict:
     """Run one planned run, write its predictions and then its shard; returns the shard row.
 
-    Conditions: ``scratch`` = the technique freshly attached; ``ported`` = its
-    stage-1 module copied in bit-exactly; ``sampled`` = that module's tensors
-    drawn from their own per-tensor N(mean, std); ``head-only`` = no module at
-    all, only the stage-1 head (the control for what the head alone carries).
+    What each stage-2 condition loads is declared in ``pipeline/conditions.py``
+    and done by ``prepare``.
     """
     from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, train
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
-    stage, seed, technique = cfg["stage"], cfg["seed"], T.get(cfg["technique"])
-    condition = cfg.get("condition")
+    stage, seed = cfg["stage"], cfg["seed"]
     training = Training(**{**settings, **(cfg["training"] or {})})
     t_start = time.perf_counter()
     path = hosts.check(cfg["host"])
     ds = dataset_of(row, cfg)
     task = make_task(cfg, ds, hosts.tokenizer(cfg["host"]["model"]), training, path)
-    train_split, eval_split = data.load(ds)
+    train_split, dev_split, eval_split = data.splits(ds)
+    if cfg.get("evaluate_on") == "dev":  # a tuning sweep: scored on the development split, never on eval
+        eval_split = dev_split
 
     torch.manual_seed(seed)
     model = hosts.model(cfg["host"]["model"], task)
-    task.reset_head(model, seed)
-    torch.manual_seed(seed)
-    if condition == "head-only":
-        model = _head_only(model, task.kind)
-    else:
-        model = RT.build(technique, model, task.kind, cfg["params"])  # the fresh (scratch) initialisation
-    checks: dict = {}
-    if stage == 2 and condition != "scratch":
-        state, info = port.load_module(sweep.module(row["needs"]))
-        if condition == "head-only":
-            state = {n: t for n, t in state.items() if T.is_head_param(n)}
-            checks.update(port.load_head(model, state))
-        else:
-            state = {n: t for n, t in state.items() if cfg["port_head"] or not T.is_head_param(n)}
-            if condition == "sampled":
-                state, checks = port.sample_like(state, seed)
-            checks.update(port.load_into(model, state, include_head=cfg["port_head"]))
-        checks["origin_module_sha256"] = info["sha256"]
+    model, checks = prepare(cfg, task, model, sweep.module(row["needs"]) if row.get("needs") else None)
     spec = sweep.spec
     acc = accelerator(training.precision, tracking.trackers(spec.tracking, sweep.root, spec.name, row))
     tracking.start(acc, spec.name, {k: row.get(k) for k in ("run_id", "stage", "technique", "condition", "host_pair",
@@ -172,7 +207,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     result.update(ev)
     result.update(checks)
     ones = sum(train_split.labels)
-    result.update({"lr": lr, "head_lr": training.head_lr, "pooling": task.pooling if task.kind == "classification" else None,
+    result.update({"lr": lr, "head_lr": training.head_lr, "pooling": task.pooling if task.kind in T.ENCODER_KINDS else None,
                    "train_examples": len(train_split), "train_pos_rate": ones / len(train_split),
                    "load_time_s": load_s, "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(),
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})

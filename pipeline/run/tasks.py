@@ -1,7 +1,16 @@
-"""Two task formulations behind one interface.
+"""Three task formulations behind one interface.
 
-``classification``: an encoder with a classification head; predictions are the
-head's argmax.
+``similarity`` (a classification host with ``head: free``, the default): the
+bare encoder, no head.  The label texts (the dataset's ``label_words``) are
+appended to every batch and encoded in the *same* forward pass by the same
+adapted host; the score of class ``c`` is
+``temperature * (cos(pool(x), pool(label_c)) + bias_c)`` where ``pool`` is the
+host's own pooling (``pipeline.run.pooling``) and ``bias`` is the module's
+per-class bias (zero and frozen for a bare host).  All task knowledge is in the
+module, as on a text-to-text host.
+
+``classification`` (``head: trained``): an encoder with a classification head;
+predictions are the head's argmax.
 
 ``text-to-text``: an encoder-decoder (T5 v1.1, Flan-T5, ...); each label is
 verbalised as a word ("negative", "positive") and the prediction is the label
@@ -40,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..techniques.base import CLASSIFICATION, TASKS, is_head_param
+from ..techniques.base import CLASSIFICATION, ENCODER_KINDS, RUN_KINDS, SIMILARITY, is_head_param
 
 IGNORE = -100  # label positions the loss and the scores leave out
 
@@ -52,33 +61,40 @@ class Task:
     label_words: tuple[str, ...]
     max_length: int = 64
     template: str = "{text}"
-    pooling: str = "cls"  # classification hosts: mean | cls | pooler (see run/pooling.py)
+    pooling: str = "cls"  # encoder hosts: mean | cls | pooler (see run/pooling.py)
+    temperature: float = 20.0  # similarity: the fixed scale of the cosine scores
+    class_bias: bool = True  # similarity: a per-class bias in the module
 
     def __post_init__(self) -> None:
-        if self.kind not in TASKS:
-            raise ValueError(f"unknown task {self.kind!r} (known: {', '.join(TASKS)})")
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"unknown task {self.kind!r} (known: {', '.join(RUN_KINDS)})")
         if "{text}" not in self.template:
             raise ValueError(f"template must contain '{{text}}', got {self.template!r}")
         self._words: list[list[int]] | None = None
+        self._label_ids: list[list[int]] | None = None
 
     # -- model -------------------------------------------------------------------
     def load_model(self, path: str):
         import transformers
 
-        if self.kind == CLASSIFICATION:
-            from .pooling import install
+        if self.kind in ENCODER_KINDS:
+            from .pooling import add_class_bias, install
 
-            auto = transformers.AutoModelForSequenceClassification
-            model = auto.from_pretrained(path, num_labels=len(self.label_words))
-            install(model, self.pooling)
+            if self.kind == CLASSIFICATION:
+                model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=len(self.label_words))
+            else:
+                model = transformers.AutoModel.from_pretrained(path)
+            pool = install(model, self.pooling)
+            if self.kind == SIMILARITY and self.class_bias:
+                add_class_bias(pool, len(self.label_words))
             return model
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
 
     @staticmethod
     def reset_head(model, seed: int) -> None:
         """Initialise the classification head from ``seed`` (as transformers does), so a run's
-        head does not depend on what else its process loaded before.  No-op for text-to-text
-        hosts (they have no head)."""
+        head does not depend on what else its process loaded before.  No-op for head-free hosts."""
         g = torch.Generator().manual_seed(seed)
         std = getattr(model.config, "initializer_range", 0.02)
         for name, p in model.named_parameters():
@@ -94,7 +110,17 @@ class Task:
         texts = [self.template.replace("{text}", t) for t in texts]
         return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
+    def label_ids(self) -> list[list[int]]:
+        """The label texts' token ids (no template: a label text is encoded as itself)."""
+        if self._label_ids is None:
+            self._label_ids = self.tokenizer(list(self.label_words), truncation=True,
+                                             max_length=self.max_length)["input_ids"]
+        return self._label_ids
+
     def collate(self, ids: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
+        """Padded inputs (similarity: the label texts appended as the last rows) and the gold classes."""
+        if self.kind == SIMILARITY:
+            ids = list(ids) + self.label_ids()
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         batch["class_ids"] = torch.tensor(labels)
@@ -124,8 +150,24 @@ class Task:
         return out.to(device)
 
     # -- loss and prediction -----------------------------------------------------
+    def similarity(self, model, batch) -> torch.Tensor:
+        """Head-free class scores [batch, classes] (see module doc), in fp32."""
+        from .pooling import find
+
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        pool = find(model)
+        z, pool.last = pool.last, None  # consumed at once: a pooled tensor never outlives its forward
+        z = F.normalize(z.float(), dim=-1)
+        n = batch["class_ids"].shape[0]
+        cos = z[:n] @ z[n:].T
+        if pool.class_bias is not None:
+            cos = cos + pool.class_bias.float()
+        return self.temperature * cos
+
     def loss(self, model, batch) -> torch.Tensor:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.kind == SIMILARITY:
+            return F.cross_entropy(self.similarity(model, batch), batch["class_ids"])
         if self.kind == CLASSIFICATION:
             return model(**inputs, labels=batch["class_ids"]).loss
         targets = self._targets(batch["class_ids"].tolist(), batch["input_ids"].device)
@@ -135,6 +177,8 @@ class Task:
     def scores(self, model, batch) -> torch.Tensor:
         """Per-class scores [batch, classes]: logits, or label-word log-likelihoods (see module doc)."""
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.kind == SIMILARITY:
+            return self.similarity(model, batch)
         if self.kind == CLASSIFICATION:
             return model(**inputs).logits.float()
         n, k = batch["input_ids"].shape[0], len(self.label_words)

@@ -24,6 +24,12 @@ from typing import Any
 CLASSIFICATION = "classification"  # encoder + classification head (AutoModelForSequenceClassification)
 TEXT_TO_TEXT = "text-to-text"  # encoder-decoder, label verbalised as a word (AutoModelForSeq2SeqLM)
 TASKS = (CLASSIFICATION, TEXT_TO_TEXT)
+# How a run scores classes (pipeline.run.tasks): a classification host with ``head: free`` runs as
+# SIMILARITY (the bare encoder, classes scored by pooled-vector similarity to the label texts), with
+# ``head: trained`` as CLASSIFICATION; a text-to-text host always scores its label words.
+SIMILARITY = "similarity"
+RUN_KINDS = (CLASSIFICATION, SIMILARITY, TEXT_TO_TEXT)
+ENCODER_KINDS = (CLASSIFICATION, SIMILARITY)  # pooled encoders (pipeline.run.pooling)
 
 # Keys of a technique's params that configure its training, not the module: its learning rate and
 # its origin-training step budget (overriding origin_training.steps).  Every technique accepts them,

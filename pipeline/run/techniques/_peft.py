@@ -8,11 +8,13 @@ from typing import Any
 
 from torch import nn
 
-from ...techniques.base import CLASSIFICATION
+from ...techniques.base import CLASSIFICATION, SIMILARITY
+
+PEFT_TASK = {CLASSIFICATION: "SEQ_CLS", SIMILARITY: "FEATURE_EXTRACTION"}
 
 
 def task_type(task: str) -> str:
-    return "SEQ_CLS" if task == CLASSIFICATION else "SEQ_2_SEQ_LM"
+    return PEFT_TASK.get(task, "SEQ_2_SEQ_LM")
 
 
 def wrap(model: nn.Module, config: Any) -> nn.Module:

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from transformers.activations import get_activation
 
-from ...techniques.base import CLASSIFICATION, TASKS, TRAINING_KEYS, is_head_param
+from ...techniques.base import CLASSIFICATION, RUN_KINDS, TRAINING_KEYS, is_head_param
 
 ATTENTION, FFN = "attention", "ffn"
 PLACEMENTS = {"pfeiffer": (FFN,), "houlsby": (ATTENTION, FFN)}
@@ -194,13 +194,13 @@ def insert_adapter(site: Site, adapter: nn.Module) -> None:
 
 def prepare_host(model: nn.Module, task: str) -> None:
     """Check the task and freeze every host parameter."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    if task not in RUN_KINDS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(RUN_KINDS)})")
     model.requires_grad_(False)
 
 
 def enable_head(model: nn.Module, task: str) -> None:
-    """Make the classification head trainable (peft's modules_to_save); nothing for text-to-text."""
+    """Make the classification head trainable (peft's modules_to_save); nothing for head-free kinds."""
     if task != CLASSIFICATION:
         return
     head = [p for n, p in model.named_parameters() if is_head_param(n)]

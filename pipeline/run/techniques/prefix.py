@@ -14,7 +14,7 @@ decoder-side prefix tuning, narrower than Li & Liang's (and AdapterHub's)
 prefixes on every attention block; ``tests/test_text_to_text.py`` pins it.
 """
 
-from ...techniques.base import CLASSIFICATION
+from ...techniques.base import ENCODER_KINDS
 from ._peft import cache_shim, host_config, task_type, wrap
 
 
@@ -22,4 +22,4 @@ def attach(model, task, params):
     import peft
 
     cfg = peft.PrefixTuningConfig(task_type=task_type(task), **host_config(model), **params)
-    return wrap(cache_shim(model) if task == CLASSIFICATION else model, cfg)
+    return wrap(cache_shim(model) if task in ENCODER_KINDS else model, cfg)

@@ -8,7 +8,7 @@ gets no gradient and would pollute the module (its size and the statistics the
 that are used; the computation is the same.
 """
 
-from ...techniques.base import CLASSIFICATION
+from ...techniques.base import ENCODER_KINDS
 from ..pooling import find
 from ._peft import host_config, task_type, wrap
 
@@ -16,9 +16,9 @@ from ._peft import host_config, task_type, wrap
 def attach(model, task, params):
     import peft
 
-    extra = {} if task == CLASSIFICATION else {"num_transformer_submodules": 1}
+    extra = {} if task in ENCODER_KINDS else {"num_transformer_submodules": 1}
     cfg = peft.PromptTuningConfig(task_type=task_type(task), **host_config(model), **{**extra, **params})
-    pool = find(model) if task == CLASSIFICATION else None
+    pool = find(model) if task in ENCODER_KINDS else None
     if pool is not None:  # the prompt is prepended: keep it out of the pool and of the real tokens' positions
         pool.virtual_front = cfg.num_virtual_tokens
     return wrap(model, cfg)
