@@ -59,24 +59,25 @@ def _source(spec_path: str, overrides=()) -> str:
 
 def check(spec_path: str, overrides=()):
     """Load the spec (with ``--set`` overrides applied) and check everything that can be checked
-    before any host is built: every field (technique hyperparameters included) and that each host
-    pair has one shape."""
-    from .shapes import check_pairs
+    before any host is built (``pipeline.checks``): every field (technique hyperparameters included),
+    that each host pair has one shape, and that each dataset exists and has the examples asked for."""
+    from .checks import check_spec
     from .spec import load
 
     spec = load(spec_path, overrides or ())
-    check_pairs(spec, _source(spec_path, overrides))
+    check_spec(spec, _source(spec_path, overrides))
     return spec
 
 
-def prepare(spec_path: str, build_hosts: bool = True, overrides=()):
+def prepare(spec_path: str, build_hosts: bool = True, overrides=(), spec=None):
     """What ``run``, ``sweep`` and ``plan`` open with: load and check the spec (``overrides``: the
-    ``--set KEY=VALUE`` of the command line), make its hosts available (``build_hosts``: build
-    embedded ones now, so run ids carry their fingerprints), and plan.  Returns (spec, plan, sweep)."""
+    ``--set KEY=VALUE`` of the command line; ``spec``: one ``check`` already gave), make its hosts
+    available (``build_hosts``: build embedded ones now, so run ids carry their fingerprints), and plan.
+    Returns (spec, plan, sweep)."""
     from . import plan as planmod
     from .sweep import Sweep
 
-    spec = check(spec_path, overrides)
+    spec = spec or check(spec_path, overrides)
     if build_hosts:
         planmod.ensure_hosts(spec)
     return spec, planmod.build(spec, source=_source(spec_path, overrides)), Sweep.for_spec(spec)

@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from pipeline import spec as S
+from pipeline import specfile
 
 BASE = {
     "name": "x", "output_dir": "o",
@@ -138,7 +139,7 @@ def test_extra_sbatch_options_keep_scalars():
 def test_a_spec_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
     p = tmp_path / "big.yaml"
     p.write_text("name: x\n# " + "y" * 200 + "\n")
-    monkeypatch.setattr(S, "MAX_SPEC_BYTES", 100)
+    monkeypatch.setattr(specfile, "MAX_SPEC_BYTES", 100)
     with pytest.raises(S.SpecError, match=r"big.yaml: 2\d\d bytes, over the 100 bytes a spec may have"):
         S.read_yaml(p)
 
