@@ -372,3 +372,21 @@ def test_a_qos_per_account_limit_counts_the_accounts_jobs_under_that_qos(monkeyp
     assert (lim.max_jobs, lim.in_queue, lim.free) == (5, 2, 3)
     assert lim.reason() == "MaxSubmitJobsPerAccount of QOS normal is 5; 2 jobs of account proj under QOS normal were in the queue"
     assert ("-q", "normal", "-A", "proj") in seen
+
+
+def test_an_older_sacctmgr_without_the_new_fields_still_gives_maxsubmit(monkeypatch):
+    asked = []
+    _sacctmgr(monkeypatch, {}, lambda args: "1|RUNNING\n")
+
+    def run(cmd, timeout=60):
+        if cmd[0] == "squeue":
+            return "1|RUNNING\n"
+        asked.append(cmd[-1])
+        if "grpsubmitjobs" in cmd[-1] or "maxsubmitjobsperaccount" in cmd[-1]:
+            raise queue.SlurmQueryError("sacctmgr exited 1: Unknown field 'grpsubmitjobs'")
+        return {"assoc": "hpc|proj|alice||4|normal|normal\n", "qos": "normal|\n", "user": "proj\n"}[cmd[4]]
+
+    monkeypatch.setattr(queue, "_run", run)
+    lim = queue.submit_limit([(None, None, None)])
+    assert (lim.max_jobs, lim.in_queue, lim.source) == (4, 1, "MaxSubmitJobs of association hpc/proj/alice")
+    assert f"format={queue.ASSOC_FORMAT}" in asked and "format=name,maxsubmitjobsperuser" in asked

@@ -308,6 +308,19 @@ _COUNTED = {"user": "of your jobs", "account": "jobs of account {1}", "qos": "jo
             "qos-account": "jobs of account {2} under QOS {1}"}
 
 
+def _show(what: list[str], fmt: str) -> str:
+    """``sacctmgr -n -P show WHAT format=FMT``; an older sacctmgr that does not know the last fields
+    (grpsubmitjobs, maxsubmitjobsperaccount) is asked again without them -- the limits it knows still count."""
+    fields, keep = fmt.split(","), 2 if what[0] == "qos" else 7  # what was asked before those were read
+    while True:
+        try:
+            return _run(["sacctmgr", "-n", "-P", "show", *what, "format=" + ",".join(fields)], timeout=30)
+        except SlurmQueryError:
+            if len(fields) <= keep:
+                raise
+            fields.pop()
+
+
 def submit_limit(targets: list[tuple[str | None, str | None, str | None]]) -> SubmitLimit | None:
     """The tightest limit on how many more jobs this user may queue, for jobs submitted with these
     (account, qos, partition): the associations' MaxSubmitJobs and GrpSubmitJobs (the user's and the
@@ -323,15 +336,14 @@ def submit_limit(targets: list[tuple[str | None, str | None, str | None]]) -> Su
         return None
     user = user_name()
     try:
-        assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"], timeout=30)
-        qos = _run(["sacctmgr", "-n", "-P", "show", "qos", f"format={QOS_FORMAT}"], timeout=30)
+        assoc = _show(["assoc", f"user={user}"], ASSOC_FORMAT)
+        qos = _show(["qos"], QOS_FORMAT)
         default = None
         if any(not account for account, _, _ in targets):
             default = _run(["sacctmgr", "-n", "-P", "show", "user", user, "format=defaultaccount"],
                            timeout=30).strip() or None
         names = sorted({a or default for a, _, _ in targets} - {None})
-        accounts = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"account={','.join(names)}",
-                         f"format={ASSOC_FORMAT}"], timeout=30) if names else ""
+        accounts = _show(["assoc", f"account={','.join(names)}"], ASSOC_FORMAT) if names else ""
     except SlurmQueryError:
         return None
     found = submit_limits(assoc, qos, user, cluster_name(), default, targets, accounts)
