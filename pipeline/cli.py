@@ -5,7 +5,8 @@ its function, so ``plan`` or ``status`` on a login node never pays for torch.  S
 never import this module.
 
     plan     spec -> plan -> dry run (pipeline.plan, pipeline.cost, pipeline.launch.layout)
-    run      spec -> plan -> local workers -> merge -> summary (pipeline.launch.local, pipeline.results)
+    run      spec -> plan -> hub names checked offline -> local workers -> merge -> summary
+             (pipeline.run.fetch, pipeline.launch.local, pipeline.results)
     sweep    spec -> plan -> hub names checked offline -> Slurm job arrays, within the user's submit limit
              (pipeline.run.fetch, pipeline.launch.slurm; --follow: pipeline.launch.follow; --dry-run: sbatch --test-only)
     fetch    spec -> hub hosts and datasets into the HF cache, checked offline (pipeline.run.fetch)
@@ -59,24 +60,25 @@ def _source(spec_path: str, overrides=()) -> str:
 
 def check(spec_path: str, overrides=()):
     """Load the spec (with ``--set`` overrides applied) and check everything that can be checked
-    before any host is built: every field (technique hyperparameters included) and that each host
-    pair has one shape."""
-    from .shapes import check_pairs
+    before any host is built (``pipeline.checks``): every field (technique hyperparameters included),
+    that each host pair has one shape, and that each dataset exists and has the examples asked for."""
+    from .checks import check_spec
     from .spec import load
 
     spec = load(spec_path, overrides or ())
-    check_pairs(spec, _source(spec_path, overrides))
+    check_spec(spec, _source(spec_path, overrides))
     return spec
 
 
-def prepare(spec_path: str, build_hosts: bool = True, overrides=()):
+def prepare(spec_path: str, build_hosts: bool = True, overrides=(), spec=None):
     """What ``run``, ``sweep`` and ``plan`` open with: load and check the spec (``overrides``: the
-    ``--set KEY=VALUE`` of the command line), make its hosts available (``build_hosts``: build
-    embedded ones now, so run ids carry their fingerprints), and plan.  Returns (spec, plan, sweep)."""
+    ``--set KEY=VALUE`` of the command line; ``spec``: one ``check`` already gave), make its hosts
+    available (``build_hosts``: build embedded ones now, so run ids carry their fingerprints), and plan.
+    Returns (spec, plan, sweep)."""
     from . import plan as planmod
     from .sweep import Sweep
 
-    spec = check(spec_path, overrides)
+    spec = spec or check(spec_path, overrides)
     if build_hosts:
         planmod.ensure_hosts(spec)
     return spec, planmod.build(spec, source=_source(spec_path, overrides)), Sweep.for_spec(spec)
@@ -106,7 +108,9 @@ def cmd_run(a, console) -> int:
 
     if a.workers < 1:
         raise UsageError("pipeline run: --workers must be at least 1")
-    spec, plan, sweep = prepare(a.spec, overrides=a.set)
+    spec = check(a.spec, a.set)
+    _fetch(spec, _source(a.spec, a.set), console, command="run")  # every hub name loads before anything is written
+    spec, plan, sweep = prepare(a.spec, overrides=a.set, spec=spec)
     sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}")
@@ -135,11 +139,12 @@ def _submit(a, sweep, console, target: str, spec=None) -> int:
 def cmd_sweep(a, console) -> int:
     from .launch.queue import have_slurm
 
-    check(a.spec, a.set)  # a bad spec is a bad spec, with or without Slurm
+    spec = check(a.spec, a.set)  # a bad spec is a bad spec, with or without Slurm
     if a.dry_run:
         from .launch.slurm import dry_run
 
-        spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set)
+        _fetch(spec, _source(a.spec, a.set), console, download=False, command="sweep --dry-run")
+        spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set, spec=spec)
         console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                       f"-> {sweep.root} (dry run: nothing is written or submitted)", highlight=False)
         dry_run(console, spec, plan)
@@ -147,25 +152,27 @@ def cmd_sweep(a, console) -> int:
     if not have_slurm():
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run "
                          f"{a.spec}` runs the sweep on this machine; `pipeline plan {a.spec}` shows the arrays")
-    spec, plan, sweep = prepare(a.spec, overrides=a.set)  # checks everything before anything is submitted
     _fetch(spec, _source(a.spec, a.set), console)  # jobs run offline: every hub name must be in the HF cache
+    spec, plan, sweep = prepare(a.spec, overrides=a.set, spec=spec)  # hosts built, planned: nothing submitted yet
     sweep.write(spec, plan, overrides=a.set)
     console.print(f"[bold]{spec.name}[/bold]: {len(plan.stage1)} stage-1 + {len(plan.stage2)} stage-2 runs "
                   f"-> {sweep.root}", highlight=False)
     return _submit(a, sweep, console, str(sweep.root) if a.set else a.spec, spec)
 
 
-def _fetch(spec, source: str, console, download: bool = True) -> dict:
+def _fetch(spec, source: str, console, download: bool = True, command: str = "sweep") -> dict:
+    """The one offline check (pipeline.run.fetch): every hub host and dataset loads from the HF cache, fetched
+    first where the hub is reachable (not with ``download=False``); else one line saying what to do."""
     from .run.fetch import fetch
 
-    return fetch(spec, source, download=download, say=lambda m: console.print(m, highlight=False))
+    return fetch(spec, source, download=download, say=lambda m: console.print(m, highlight=False), command=command)
 
 
 def cmd_fetch(a, console) -> int:
     from .hub import cache_dir
 
     spec = check(a.spec, a.set)
-    names = _fetch(spec, _source(a.spec, a.set), console)
+    names = _fetch(spec, _source(a.spec, a.set), console, command="fetch")
     if not names["hosts"] and not names["datasets"]:
         console.print("nothing to fetch: the spec names no hub host or dataset (embedded or local only)")
         return 0
@@ -187,7 +194,7 @@ def cmd_resume(a, console) -> int:
         raise SlurmError("Slurm is not available here (no sbatch/squeue): `pipeline run SPEC` runs what is "
                          f"missing on this machine; `pipeline status {a.target}` shows where the runs stand")
     spec = sweep.spec
-    _fetch(spec, a.target, console)  # as sweep does: jobs run offline, every hub name must be in the HF cache
+    _fetch(spec, a.target, console, command="resume")  # as sweep does: jobs run offline, every hub name must be in the HF cache
     return _submit(a, sweep, console, a.target, spec)
 
 

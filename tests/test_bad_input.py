@@ -73,6 +73,10 @@ def test_bad_cli_arguments_exit_2_with_one_line(capsys, argv):
 
 def test_unreadable_spec_and_unwritable_output(tmp_path, capsys):
     spec = copy.deepcopy(BASE)
+    for h in spec["hosts"]:  # local host folders: no hub name for run's offline check to refuse first
+        h["model"] = str(tmp_path / h["name"])
+        (tmp_path / h["name"]).mkdir()
+        (tmp_path / h["name"] / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)

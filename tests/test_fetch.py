@@ -88,7 +88,8 @@ def test_uncached_hub_host_fails_fetch_and_sweep_with_one_line(hub_spec, hf_home
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {spec}: host 'hub-a' (fake-org/not-cached) does not load "
                                                     "offline from the HF cache"), err
-    assert "pipeline fetch" in err and str(hf_home / "hub") in err
+    assert str(hf_home / "hub") in err and "the hub is off here (HF_HUB_OFFLINE=1)" in err
+    assert "run `pipeline fetch" not in err and "set HF_HOME to a cache that has it" in err  # fetch's own advice
 
     # sweep: the same check before anything is written or submitted
     from pipeline.launch import queue, slurm
@@ -196,3 +197,78 @@ def test_a_dataset_cache_filled_from_a_local_folder_loads_offline(hub_spec, hf_h
 
     rows = pq.read_table(spec.parent / "sweep" / "results.parquet").to_pylist()
     assert len(rows) == 2 and {r["dataset"] for r in rows} == {"hubdata"} and all(r["eval_examples"] == 8 for r in rows)
+
+
+# ---------------------------------------------------------------- one offline check, one line (issue 18)
+OFFLINE_REASON = ("OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                  "in the cached files.")  # what the check child says of a host not in the cache, the hub off
+def _one_line(capsys) -> tuple[str, str]:
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "fetching" not in out, out  # nothing is fetched with the hub off
+    return out, err
+
+
+@pytest.mark.parametrize("command", [["fetch"], ["sweep"], ["sweep", "--dry-run"], ["run"]])
+def test_with_the_hub_off_every_command_refuses_in_one_line(hub_spec, hf_home, capsys, monkeypatch, command):
+    from pipeline.launch import queue, slurm
+
+    monkeypatch.setattr(queue, "have_slurm", lambda: True)
+    monkeypatch.setattr(slurm, "submit_pending", lambda *a, **k: pytest.fail("submitted"))
+    from pipeline.run import fetch as F
+
+    calls = []  # the check child's own answer (test_uncached_hub_host_fails_fetch_and_sweep_with_one_line runs it)
+    monkeypatch.setattr(F, "_child", lambda mode, h, d, **k: calls.append(mode) or {f"host {n}": OFFLINE_REASON for n in h})
+    spec = hub_spec("fake-org/not-cached")
+    assert main([command[0], str(spec), *command[1:]]) == 2
+    _, err = _one_line(capsys)
+    assert "host 'hub-a' (fake-org/not-cached) does not load offline" in err
+    assert "the hub is off here (HF_HUB_OFFLINE=1): OSError: We couldn't connect" in err
+    if command == ["fetch"]:
+        assert "run `pipeline fetch" not in err and "on a machine that reaches the hub" in err
+    else:
+        assert f"run `pipeline fetch {spec}` on a machine that reaches the hub" in err
+    assert not (spec.parent / "sweep").exists() and calls == ["check"]  # nothing written, no download tried
+
+
+def test_the_reason_is_whole(hub_spec, hf_home, capsys, monkeypatch):
+    from pipeline.run import fetch as F
+
+    reason = "OSError: " + "a long reason, " * 30 + "'quoted to the end'"
+    monkeypatch.setattr(F, "_child", lambda mode, h, d, **k: {f"host {n}": reason for n in h})
+    assert main(["fetch", str(hub_spec("fake-org/not-cached"))]) == 2
+    _, err = _one_line(capsys)
+    assert reason in err and len(reason) > 400
+
+
+def test_a_gated_repo_names_hf_token(hub_spec, hf_home, capsys, monkeypatch):
+    from pipeline.run import fetch as F
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    calls = []
+
+    def child(mode, h, d, **k):
+        calls.append(mode)
+        why = ("GatedRepoError: 401 Client Error. Cannot access gated repo for url https://huggingface.co/"
+               "fake-org/gated/resolve/main/config.json." if mode == "download" else "OSError: not cached")
+        return {f"host {n}": why for n in h}
+
+    monkeypatch.setattr(F, "_child", child)
+    assert main(["fetch", str(hub_spec("fake-org/gated"))]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "a gated repo, which needs a token" in err and "set HF_TOKEN" in err, err
+    assert calls == ["check", "download"] and "fetching host hub-a" in out
+
+
+def test_dry_run_with_the_hub_reachable_downloads_nothing_and_says_what_sweep_would_fetch(
+        hub_spec, hf_home, capsys, monkeypatch):
+    from pipeline.run import fetch as F
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    calls = []
+    monkeypatch.setattr(F, "_child", lambda mode, h, d, **k: calls.append(mode) or {f"host {n}": "OSError: x" for n in h})
+    assert main(["sweep", str(hub_spec("fake-org/not-cached")), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert calls == ["check"] and "note: host hub-a is not in the HF cache" in out and "`pipeline sweep` fetches it" in out

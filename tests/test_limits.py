@@ -300,3 +300,93 @@ def test_dry_run_without_slurm_says_it_skipped_the_test(tiny_spec, write_spec, m
     assert "dry run: nothing is written or submitted" in out and "Slurm layout" in out
     assert "sbatch --test-only skipped: Slurm is not reachable here" in out
     assert not Path(tiny_spec["output_dir"]).exists()
+
+
+# ---------------------------------------------------------------- GrpSubmitJobs and MaxSubmitJobsPerAccount (issue 18)
+def test_grpsubmit_and_qos_per_account_limits_are_read_like_maxsubmit():
+    assoc = "hpc|proj|alice||100|normal|normal|30\n"  # ASSOC_FORMAT: ..., grpsubmitjobs
+    accounts = "hpc|proj|||||normal|12\nhpc|proj|alice||100|normal|normal|30\nhpc|other|||||normal|1\n"
+    qos = "normal|50|8|40\nlong|||\n"  # QOS_FORMAT: name, per user, per account, group
+    assert queue.parse_qos_table(qos) == {"normal": {"per_user": 50, "per_account": 8, "group": 40}}
+    assert queue.parse_account_limits(accounts, "hpc", "proj") == [(12, "GrpSubmitJobs of association hpc/proj")]
+    found = queue.submit_limits(assoc, qos, "alice", "hpc", None, [("proj", None, None)], accounts)
+    assert found == sorted([
+        (100, "MaxSubmitJobs of association hpc/proj/alice", ("user",)),
+        (30, "GrpSubmitJobs of association hpc/proj/alice", ("user",)),
+        (12, "GrpSubmitJobs of association hpc/proj", ("account", "proj")),
+        (50, "MaxSubmitJobsPerUser of QOS normal", ("user",)),
+        (8, "MaxSubmitJobsPerAccount of QOS normal", ("qos-account", "normal", "proj")),
+        (40, "GrpSubmitJobs of QOS normal", ("qos", "normal"))])
+    assert queue.tightest_limit(assoc, qos, "alice", "hpc", None, [("proj", None, None)]) == (
+        8, "MaxSubmitJobsPerAccount of QOS normal")
+
+
+def _sacctmgr(monkeypatch, answers: dict, queue_of):
+    """sacctmgr and squeue as submit_limit asks them: ``answers`` by sacctmgr entity, ``queue_of(args)`` the
+    squeue lines for the filter args (-u / -A / -q)."""
+    monkeypatch.setattr(queue.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(queue, "user_name", lambda: "alice")
+    monkeypatch.setattr(queue, "cluster_name", lambda: "hpc")
+
+    def run(cmd, timeout=60):
+        if cmd[0] == "sacctmgr":
+            what = cmd[4] + ("-account" if cmd[5].startswith("account=") else "")
+            return answers.get(what, "")
+        assert cmd[0] == "squeue"
+        return queue_of(cmd[cmd.index("-r") + 1:cmd.index("-o")])
+
+    monkeypatch.setattr(queue, "_run", run)
+
+
+def test_an_accounts_grpsubmit_counts_everyone_in_the_account_and_holds_back_only_what_does_not_fit(
+        tmp_path, monkeypatch):
+    """The account's GrpSubmitJobs is 10 and colleagues have 6 jobs queued: the submission is cut to the 4 that
+    fit (not refused whole by sbatch, which used to hold back every run of the refused array)."""
+    sweep = _sweep(tmp_path / "s", 3, 6)
+    real = queue.submit_limit
+    fake = FakeSlurm(monkeypatch, sweep, limit=None)
+    monkeypatch.setattr(queue, "submit_limit", real)
+    others = [f"9{i}|PENDING" for i in range(6)]
+    mine = lambda: [f"{k}|PENDING" for k in fake.queued]  # noqa: E731
+    _sacctmgr(monkeypatch, {"assoc": "hpc|proj|alice||100|normal|normal|\n", "qos": "normal|||\n",
+                            "user": "proj\n", "assoc-account": "hpc|proj|||||normal|10\n"},
+              lambda args: "\n".join(mine() + (others if "-A" in args else [])))
+
+    def sbatch(sweep_, spec, a):  # Slurm's own judgement: refuses what passes the account's limit
+        if len(others) + len(fake.queued) + len(a.tasks) > 10:
+            raise slurm.LimitRefused("sbatch refused the stage-2 array: AssocGrpSubmitJobsLimit")
+        return fake.submit(sweep_, spec, a)
+
+    monkeypatch.setattr(slurm, "_submit", sbatch)
+    res = slurm.submit_pending(sweep, Console(width=200), "T", _spec())
+    assert len(fake.queued) == 4 and res.waiting == 5 and res.arrays == 2
+    assert res.reason.startswith("GrpSubmitJobs of association hpc/proj is 10; 6 jobs of account proj were in the queue")
+
+
+def test_a_qos_per_account_limit_counts_the_accounts_jobs_under_that_qos(monkeypatch):
+    seen = []
+    _sacctmgr(monkeypatch, {"assoc": "hpc|proj|alice||100|normal|normal|\n", "qos": "normal||5|\n",
+                            "user": "proj\n"},
+              lambda args: seen.append(tuple(args)) or ("1|RUNNING\n2|PENDING\n" if "-q" in args else "1|RUNNING\n"))
+    lim = queue.submit_limit([(None, None, None)])
+    assert (lim.max_jobs, lim.in_queue, lim.free) == (5, 2, 3)
+    assert lim.reason() == "MaxSubmitJobsPerAccount of QOS normal is 5; 2 jobs of account proj under QOS normal were in the queue"
+    assert ("-q", "normal", "-A", "proj") in seen
+
+
+def test_an_older_sacctmgr_without_the_new_fields_still_gives_maxsubmit(monkeypatch):
+    asked = []
+    _sacctmgr(monkeypatch, {}, lambda args: "1|RUNNING\n")
+
+    def run(cmd, timeout=60):
+        if cmd[0] == "squeue":
+            return "1|RUNNING\n"
+        asked.append(cmd[-1])
+        if "grpsubmitjobs" in cmd[-1] or "maxsubmitjobsperaccount" in cmd[-1]:
+            raise queue.SlurmQueryError("sacctmgr exited 1: Unknown field 'grpsubmitjobs'")
+        return {"assoc": "hpc|proj|alice||4|normal|normal\n", "qos": "normal|\n", "user": "proj\n"}[cmd[4]]
+
+    monkeypatch.setattr(queue, "_run", run)
+    lim = queue.submit_limit([(None, None, None)])
+    assert (lim.max_jobs, lim.in_queue, lim.source) == (4, 1, "MaxSubmitJobs of association hpc/proj/alice")
+    assert f"format={queue.ASSOC_FORMAT}" in asked and "format=name,maxsubmitjobsperuser" in asked

@@ -45,7 +45,7 @@ def test_tensorboard_curves_per_run(tiny_spec, write_spec):
     rows = {r["run_id"]: r for r in pq.read_table(sweep.results).to_pylist()}
     assert len(rows) == 2
     for rid, r in rows.items():
-        dirs = list((sweep.root / "tb").glob(f"stage{r['stage']}/lora/*/*/s0-{rid}"))
+        dirs = list((sweep.root / "tb").glob(f"stage{r['stage']}/lora/**/s0-{rid}"))
         assert len(dirs) == 1, rid
         ev = events(dirs[0])
         steps = r["train_steps"]
@@ -53,9 +53,9 @@ def test_tensorboard_curves_per_run(tiny_spec, write_spec):
         assert ev["train/lr_module"][0][1] > 0 and "train/lr_head" in ev
         assert ev["eval/accuracy"] == [(steps, pytest.approx(r["accuracy"], abs=1e-6))]
         assert ev["eval/loss"][0][1] == pytest.approx(r["eval_loss"], rel=1e-5)
-    # the runs are named by stage/technique/condition/pair/seed
-    assert {p.relative_to(sweep.root / "tb").parts[:3] for p in (sweep.root / "tb").glob("*/*/*")} == {
-        ("stage1", "lora", "origin"), ("stage2", "lora", "ported")}
+    # the runs are named by stage/technique/condition[/regime]/pair/seed
+    assert {p.relative_to(sweep.root / "tb").parts[:4] for p in (sweep.root / "tb").glob("*/*/*/*")} == {
+        ("stage1", "lora", "origin", "tiny-a"), ("stage2", "lora", "ported", "+4")}
 
 
 def test_tracking_off_and_missing_tracker(tiny_spec, write_spec):

@@ -155,6 +155,7 @@ class SubmitLimit:
     max_jobs: int
     source: str  # e.g. 'MaxSubmitJobs of association mycluster/myaccount/alice'
     in_queue: int = 0
+    counted: str = "of your jobs"  # whose jobs in_queue counts: 'of the jobs of account proj', ...
 
     @property
     def free(self) -> int:
@@ -162,7 +163,7 @@ class SubmitLimit:
 
     def reason(self, submitted: int = 0) -> str:
         """Why runs wait: the limit, and how full the queue was (``submitted``: jobs this submission added)."""
-        return (f"{self.source} is {self.max_jobs}; {self.in_queue} of your jobs were in the queue"
+        return (f"{self.source} is {self.max_jobs}; {self.in_queue} {self.counted} were in the queue"
                 + (f", {submitted} more submitted now" if submitted else ""))
 
 
@@ -187,13 +188,23 @@ def _limit(cell: str) -> int | None:
     return int(cell) if cell.lstrip("-").isdigit() and int(cell) >= 0 else None
 
 
-ASSOC_FORMAT = "cluster,account,user,partition,maxsubmit,qos,defaultqos"
+ASSOC_FORMAT = "cluster,account,user,partition,maxsubmit,qos,defaultqos,grpsubmitjobs"
+QOS_FORMAT = "name,maxsubmitjobsperuser,maxsubmitjobsperaccount,grpsubmitjobs"
+# Whose jobs a limit counts: the user's own (MaxSubmitJobs, MaxSubmitJobsPerUser, a user association's
+# GrpSubmitJobs -- all the user's jobs are counted, to be safe), an account's (an account association's
+# GrpSubmitJobs), a QOS's (its GrpSubmitJobs) or an account's within a QOS (MaxSubmitJobsPerAccount).
+Scope = tuple[str, ...]  # ("user",) | ("account", A) | ("qos", Q) | ("qos-account", Q, A)
+
+
+def _assoc_name(c: str, acc: str, user: str, part: str) -> str:
+    return f"association {c}/{acc}" + (f"/{user}" if user else "") + (f"/{part}" if part else "")
 
 
 def parse_assoc_limits(text: str, user: str, cluster: str = "", account: str | None = None,
                        partition: str | None = None) -> tuple[list[tuple[int, str]], set[str]]:
-    """``sacctmgr -n -P show assoc user=U format=ASSOC_FORMAT`` -> (MaxSubmit limits of the user's associations
-    that jobs of ``account`` in ``partition`` fall under, the QOS those jobs may run under).
+    """``sacctmgr -n -P show assoc user=U format=ASSOC_FORMAT`` -> (MaxSubmitJobs and GrpSubmitJobs limits of
+    the user's associations that jobs of ``account`` in ``partition`` fall under, the QOS those jobs may run
+    under).
 
     sacctmgr shows a limit inherited from a parent account on the user's own line.  Rows of another cluster,
     another account (when ``account`` is known) or another partition are left out; the QOS are the
@@ -206,47 +217,118 @@ def parse_assoc_limits(text: str, user: str, cluster: str = "", account: str | N
         c, acc, _, part, maxsubmit, allowed, default = parts[:7]
         if (cluster and c and c != cluster) or (account and acc != account) or (part and part != partition):
             continue
-        n = _limit(maxsubmit)
-        if n is not None:
-            limits.append((n, f"MaxSubmitJobs of association {c}/{acc}/{user}" + (f"/{part}" if part else "")))
+        for kind, cell in (("MaxSubmitJobs", maxsubmit), ("GrpSubmitJobs", parts[7] if len(parts) > 7 else "")):
+            if (n := _limit(cell)) is not None:
+                limits.append((n, f"{kind} of {_assoc_name(c, acc, user, part)}"))
         qos |= {default} if default else {q for q in allowed.split(",") if q}
     return limits, qos
 
 
-def parse_qos_limits(text: str) -> dict[str, int]:
-    """``sacctmgr -n -P show qos format=name,maxsubmitjobsperuser`` -> {QOS: MaxSubmitJobsPerUser} (set ones only)."""
-    out = {}
+def parse_account_limits(text: str, cluster: str, account: str, partition: str | None = None) -> list[tuple[int, str]]:
+    """``sacctmgr -n -P show assoc account=A format=ASSOC_FORMAT`` -> the GrpSubmitJobs of the account's own
+    associations (the rows without a user): a limit on the jobs of everyone in the account."""
+    out = []
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) >= 2 and parts[0] and (n := _limit(parts[1])) is not None:
-            out[parts[0]] = n
+        if len(parts) < 8 or parts[2] or parts[1] != account or (cluster and parts[0] and parts[0] != cluster):
+            continue
+        if parts[3] and parts[3] != partition:
+            continue
+        if (n := _limit(parts[7])) is not None:
+            out.append((n, f"GrpSubmitJobs of {_assoc_name(parts[0], account, '', parts[3])}"))
     return out
+
+
+def parse_qos_table(text: str) -> dict[str, dict[str, int]]:
+    """``sacctmgr -n -P show qos format=QOS_FORMAT`` -> {QOS: {"per_user" | "per_account" | "group": limit}}
+    (set limits only: MaxSubmitJobsPerUser, MaxSubmitJobsPerAccount, GrpSubmitJobs)."""
+    out: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        found = {k: n for k, cell in zip(("per_user", "per_account", "group"), parts[1:4]) if (n := _limit(cell)) is not None}
+        if found:
+            out[parts[0]] = found
+    return out
+
+
+def parse_qos_limits(text: str) -> dict[str, int]:
+    """``sacctmgr -n -P show qos format=QOS_FORMAT`` -> {QOS: MaxSubmitJobsPerUser} (set ones only)."""
+    return {q: v["per_user"] for q, v in parse_qos_table(text).items() if "per_user" in v}
+
+
+_QOS_KINDS = {"per_user": "MaxSubmitJobsPerUser", "per_account": "MaxSubmitJobsPerAccount", "group": "GrpSubmitJobs"}
+
+
+def submit_limits(assoc: str, qos: str, user: str, cluster: str, default_account: str | None,
+                  targets: list[tuple[str | None, str | None, str | None]],
+                  accounts: str = "") -> list[tuple[int, str, Scope]]:
+    """Every submit limit over the (account, qos, partition) the stages submit to: ``(limit, source, whose jobs
+    it counts)``.  ``accounts``: ``sacctmgr show assoc account=...`` of those accounts (their GrpSubmitJobs)."""
+    table = parse_qos_table(qos)
+    found: list[tuple[int, str, Scope]] = []
+    for account, q, partition in targets:
+        acc = account or default_account
+        limits, allowed = parse_assoc_limits(assoc, user, cluster, acc, partition)
+        found += [(n, src, ("user",)) for n, src in limits]
+        if acc:
+            found += [(n, src, ("account", acc)) for n, src in parse_account_limits(accounts, cluster, acc, partition)]
+        for name in sorted({q} if q else allowed):
+            for kind, n in sorted(table.get(name, {}).items()):
+                if kind == "per_account" and not acc:
+                    continue
+                scope = {"per_user": ("user",), "per_account": ("qos-account", name, acc or ""), "group": ("qos", name)}
+                found.append((n, f"{_QOS_KINDS[kind]} of QOS {name}", scope[kind]))
+    return sorted(set(found))
 
 
 def tightest_limit(assoc: str, qos: str, user: str, cluster: str, default_account: str | None,
                    targets: list[tuple[str | None, str | None, str | None]]) -> tuple[int, str] | None:
     """The smallest submit limit over the (account, qos, partition) the stages submit to; None: no limit set."""
-    qos_limits = parse_qos_limits(qos)
-    found: list[tuple[int, str]] = []
-    for account, q, partition in targets:
-        limits, allowed = parse_assoc_limits(assoc, user, cluster, account or default_account, partition)
-        found += limits
-        for name in sorted({q} if q else allowed):
-            if name in qos_limits:
-                found.append((qos_limits[name], f"MaxSubmitJobsPerUser of QOS {name}"))
-    return min(found) if found else None
+    found = submit_limits(assoc, qos, user, cluster, default_account, targets)
+    return min((n, src) for n, src, _ in found) if found else None
 
 
 def count_user_jobs(user: str) -> int:
     """The user's jobs in the queue, each array task one job (``squeue -r``), pending or running."""
-    text = _run(["squeue", "-h", "-r", "-u", user, "-o", "%i|%T"])
+    return count_jobs(("user",), user)
+
+
+def count_jobs(scope: Scope, user: str) -> int:
+    """The jobs in the queue that a limit of ``scope`` counts, each array task one job, pending or running."""
+    kind, *names = scope
+    flags = {"user": ["-u"], "account": ["-A"], "qos": ["-q"], "qos-account": ["-q", "-A"]}[kind]
+    args = [x for flag, name in zip(flags, names or [user]) for x in (flag, name)]
+    text = _run(["squeue", "-h", "-r", *args, "-o", "%i|%T"])
     return sum(1 for v in parse_table(text).values() if slurm_category(v["state"]) in ("pending", "running"))
 
 
+_COUNTED = {"user": "of your jobs", "account": "jobs of account {1}", "qos": "jobs under QOS {1}",
+            "qos-account": "jobs of account {2} under QOS {1}"}
+
+
+def _show(what: list[str], fmt: str) -> str:
+    """``sacctmgr -n -P show WHAT format=FMT``; an older sacctmgr that does not know the last fields
+    (grpsubmitjobs, maxsubmitjobsperaccount) is asked again without them -- the limits it knows still count."""
+    fields, keep = fmt.split(","), 2 if what[0] == "qos" else 7  # what was asked before those were read
+    while True:
+        try:
+            return _run(["sacctmgr", "-n", "-P", "show", *what, "format=" + ",".join(fields)], timeout=30)
+        except SlurmQueryError:
+            if len(fields) <= keep:
+                raise
+            fields.pop()
+
+
 def submit_limit(targets: list[tuple[str | None, str | None, str | None]]) -> SubmitLimit | None:
-    """The tightest limit on how many jobs this user may have in the queue, for jobs submitted with these
-    (account, qos, partition): the association's MaxSubmitJobs and the QOS's MaxSubmitJobsPerUser
-    (``sacctmgr``), with the user's jobs in the queue now (``squeue``: all of them, to be safe).
+    """The tightest limit on how many more jobs this user may queue, for jobs submitted with these
+    (account, qos, partition): the associations' MaxSubmitJobs and GrpSubmitJobs (the user's and the
+    account's own) and the QOS's MaxSubmitJobsPerUser, MaxSubmitJobsPerAccount and GrpSubmitJobs
+    (``sacctmgr``), each against the jobs it counts in the queue now (``squeue``: the user's -- all of
+    them, to be safe --, the account's, the QOS's).  The one with the fewest free slots wins, so a
+    submission is cut to what fits rather than refused whole.  (A parent account's GrpSubmitJobs is not
+    read: sbatch's refusal is the judge there.)
 
     None when no limit is set, or there is no accounting (no sacctmgr, or it fails): then sbatch
     itself is the only judge.  Raises SlurmQueryError when squeue fails."""
@@ -254,18 +336,28 @@ def submit_limit(targets: list[tuple[str | None, str | None, str | None]]) -> Su
         return None
     user = user_name()
     try:
-        assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={ASSOC_FORMAT}"], timeout=30)
-        qos = _run(["sacctmgr", "-n", "-P", "show", "qos", "format=name,maxsubmitjobsperuser"], timeout=30)
+        assoc = _show(["assoc", f"user={user}"], ASSOC_FORMAT)
+        qos = _show(["qos"], QOS_FORMAT)
         default = None
         if any(not account for account, _, _ in targets):
             default = _run(["sacctmgr", "-n", "-P", "show", "user", user, "format=defaultaccount"],
                            timeout=30).strip() or None
+        names = sorted({a or default for a, _, _ in targets} - {None})
+        accounts = _show(["assoc", f"account={','.join(names)}"], ASSOC_FORMAT) if names else ""
     except SlurmQueryError:
         return None
-    found = tightest_limit(assoc, qos, user, cluster_name(), default, targets)
-    if found is None:
+    found = submit_limits(assoc, qos, user, cluster_name(), default, targets, accounts)
+    if not found:
         return None
-    return SubmitLimit(found[0], found[1], count_user_jobs(user))
+    counts: dict[Scope, int] = {}
+    best: SubmitLimit | None = None
+    for n, src, scope in found:
+        if scope not in counts:
+            counts[scope] = count_jobs(scope, user)
+        lim = SubmitLimit(n, src, counts[scope], _COUNTED[scope[0]].format(*scope))
+        if best is None or lim.free < best.free:
+            best = lim
+    return best
 
 
 # ---------------------------------------------------------------- sbatch --test-only

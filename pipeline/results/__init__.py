@@ -14,8 +14,9 @@
     from pipeline import results
     df = results.load("sweeps/demo.yaml")          # one row per planned run: plan, state, metrics
     preds = results.predictions("sweeps/demo.yaml")  # one row per run and eval example
+    ex = results.examples("sweeps/demo.yaml")      # one row per eval example: dataset, example_id, text, label
 
-Nothing here imports torch.
+Nothing here imports torch (``examples`` reads the data with ``datasets``, as the runs do).
 """
 
 from __future__ import annotations
@@ -34,3 +35,24 @@ def predictions(sweep):
     from .frames import predictions as _predictions
 
     return _predictions(sweep)
+
+
+def examples(sweep):
+    """The evaluation examples of each dataset of a sweep, as a pandas DataFrame (dataset, example_id, text,
+    label): ``example_id`` is the one in ``predictions`` -- the example's place in its dataset's eval split,
+    made by the very split code the runs use (``pipeline.run.data.load``: deterministic, no torch).
+    ``sweep``: a spec file or a sweep folder (its recorded spec, overrides applied)."""
+    import pandas as pd
+
+    from ..run import data
+    from ..spec import load as load_spec
+    from ..sweep import Sweep
+
+    s = Sweep.of(sweep)
+    spec = s.spec if (s.root / "spec.yaml").exists() else load_spec(sweep)
+    rows = []
+    for ds in spec.datasets:
+        _, ev = data.load(ds)
+        rows += [(ds.name, i, text, label) for i, (text, label) in enumerate(zip(ev.texts, ev.labels))]
+    return pd.DataFrame(rows, columns=["dataset", "example_id", "text", "label"]).astype(
+        {"example_id": "int32", "label": "int16"})

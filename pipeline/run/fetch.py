@@ -1,7 +1,11 @@
 """``pipeline fetch SPEC``: put every hub host and hub dataset the spec names into the HF cache, then
 check that each loads offline, as the jobs will load it (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``:
-see ``pipeline.hub``).  ``pipeline sweep`` runs the same before it submits, so a name that is neither
-cached nor reachable fails on the login node with one line, not in every job of the sweep.
+see ``pipeline.hub``).  ``fetch`` is the one offline check: ``pipeline sweep``, ``sweep --dry-run``,
+``resume`` and ``run`` call it before they build, write or submit anything, so a name that is neither
+cached nor reachable fails on the login node with one line, not in every job of the sweep.  With the hub
+off here (``HF_HUB_OFFLINE=1``) nothing is downloaded and a name missing from the cache is refused at
+once; a gated or private repo is refused naming ``HF_TOKEN``; ``--dry-run`` downloads nothing and only
+notes what a real sweep would fetch.
 
 Hosts: ``huggingface_hub.snapshot_download`` (the whole repo); the offline check loads the config and
 tokenizer and finds the weights in the cached snapshot.  Datasets: ``datasets.load_dataset`` of each
@@ -15,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..hub import OFFLINE_ENV, cache_dir, hub_datasets, hub_hosts
+from ..hub import OFFLINE_ENV, cache_dir, hub_datasets, hub_hosts, hub_off
 
 CHECK_TIMEOUT_S = 600
 
@@ -30,8 +35,9 @@ class FetchError(UserError, RuntimeError):
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    """The error's type and first line, whole (the CLI prints one line: nothing after it would show)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple[str, list[str]]],
@@ -54,7 +60,7 @@ def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple[str, lis
         return json.loads(last)
     except ValueError:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        return {f"{mode}": f"the {mode} process failed (exit {p.returncode}): {tail[:200]}"}
+        return {f"{mode}": f"the {mode} process failed (exit {p.returncode}): {tail}"}
 
 
 def check_offline(hosts: dict[str, str], datasets_: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
@@ -114,17 +120,24 @@ def _download_here(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[st
     return failed
 
 
-def fetch(spec, source: str, download: bool = True, say=print) -> dict[str, list[str]]:
+def fetch(spec, source: str, download: bool = True, say=print, command: str = "sweep") -> dict[str, list[str]]:
     """Make every hub host and dataset of ``spec`` load offline: check the cache, download what is not
-    there (``download``), check again.  Raises FetchError (one line) for the first that still fails;
-    returns ``{"hosts": [...], "datasets": [...]}`` (the hub names checked)."""
+    there (``download``, and only where the hub is not off), check again.  Raises FetchError (one line) for
+    the first that still fails, with what to do instead for ``command`` (the CLI command asking);
+    returns ``{"hosts": [...], "datasets": [...]}`` (the hub names checked).  ``download=False`` (a dry run)
+    with the hub reachable only notes, through ``say``, what a real sweep would fetch."""
     hosts, dsets = hub_hosts(spec), hub_datasets(spec)
     names = {"hosts": sorted(hosts), "datasets": sorted(dsets)}
     if not hosts and not dsets:
         return names
     missing = check_offline(hosts, dsets)
-    why: dict[str, str] = {}
-    if missing and download:
+    off = hub_off()
+    if missing and not download and not off:
+        for what in sorted(missing):
+            say(f"note: {what} is not in the HF cache ({cache_dir()}) yet: `pipeline sweep` fetches it first")
+        return names
+    fetched = False
+    if missing and download and not off:
         todo_h = {k: v for k, v in hosts.items() if f"host {k}" in missing}
         todo_d = {k: v for k, v in dsets.items() if f"dataset {k}" in missing}
         for k, v in todo_h.items():
@@ -134,15 +147,37 @@ def fetch(spec, source: str, download: bool = True, say=print) -> dict[str, list
         why = _child("download", todo_h, todo_d, offline=False, timeout=None)
         missing = check_offline(todo_h, todo_d) if len(why) < len(todo_h) + len(todo_d) else {}
         missing = {**{k: v for k, v in missing.items() if k not in why}, **why}
+        fetched = True
     if missing:
         what, reason = next(iter(sorted(missing.items())))
         kind, name = what.split(" ", 1) if " " in what else (what, "")
         repo = hosts.get(name) if kind == "host" else (dsets[name][0] if name in dsets else "")
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise FetchError(f"{source}: {kind} {name!r} ({repo}) does not load offline from the HF cache "
-                         f"({cache_dir()}) and could not be fetched: {reason}{more}; run `pipeline fetch {source}` "
-                         "where the hub is reachable (jobs run with HF_HUB_OFFLINE=1), or set HF_HOME to a filled cache")
+        raise FetchError(refusal(source, f"{kind} {name!r} ({repo})", reason + more, off, fetched, command))
     return names
+
+
+def refusal(source: str, what: str, reason: str, off: str | None, fetched: bool, command: str) -> str:
+    """The one line that refuses ``what`` (e.g. ``host 'a' (org/model)``): where it was looked for, why it
+    failed (``reason``, whole), and what to do instead -- for ``fetch`` itself never "run pipeline fetch"."""
+    head = f"{source}: {what} does not load offline from the HF cache ({cache_dir()})"
+    if "GatedRepoError" in reason or re.search(r"\bgated\b", reason, re.I):
+        return (f"{head}: a gated repo, which needs a token: accept its terms on the hub, set HF_TOKEN to a token "
+                f"of that account, then run `pipeline fetch {source}` ({reason})")
+    if fetched and re.search(r"\b401\b|RepositoryNotFoundError", reason):
+        return (f"{head}: no such repo, or a private one: check the name, or set HF_TOKEN to a token with access "
+                f"and run `pipeline fetch {source}` ({reason})")
+    if off:
+        head += f" and the hub is off here ({off})"
+    elif fetched:
+        head += " and could not be fetched"
+    if command == "fetch":
+        todo = ("set HF_HOME to a cache that has it, or run this on a machine that reaches the hub"
+                + (f" (without {off.split('=')[0]})" if off else ""))
+    else:
+        todo = (f"run `pipeline fetch {source}` on a machine that reaches the hub (jobs run with "
+                "HF_HUB_OFFLINE=1), or set HF_HOME to a cache that has it")
+    return f"{head}: {reason}; {todo}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,9 @@
 
 The spec's ``tracking`` (default ``[tensorboard]``; ``[]`` turns it off) names
 the trackers.  Each run is one tracker run, named
-``stage<N>/<technique>/<condition>/<origin>_to_<receiving>/s<seed>-<run_id>``, so
-``tensorboard --logdir <sweep>/tb`` shows the sweep as a tree.  Logged: the
+``stage<N>/<technique>/<condition>/<regime>/<origin>_to_<receiving>/s<seed>-<run_id>`` (stage 1:
+``stage1/<technique>/origin/<host>/s<seed>-<run_id>``; regime ``zero-shot`` or ``+<steps>``), so
+``tensorboard --logdir <sweep>/tb`` shows the sweep as a tree and a zero-shot run and its +10 twin apart.  Logged: the
 training loss and both learning rates (module, head) at every step, and the
 eval metrics (accuracy, macro-F1, AUC, loss) at the run's last step; the run's
 config as text.
@@ -45,6 +46,9 @@ def installed(name: str) -> bool:
 def run_name(row: dict) -> str:
     pair = (row.get("host_pair") or row.get("origin_host") or "host").replace("->", "_to_")
     cond = row.get("condition") or "origin"
+    regime = row.get("regime")
+    if regime is not None and regime == regime:  # stage 2 (NaN: a stage-1 row read from a table)
+        cond += "/zero-shot" if int(regime) == 0 else f"/+{int(regime)}"
     return f"stage{row['stage']}/{row['technique']}/{cond}/{pair}/s{row['seed']}-{row['run_id']}"
 
 
