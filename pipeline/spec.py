@@ -1,12 +1,10 @@
 """The sweep spec: a YAML file validated by pydantic.
 
-Every error becomes one line that names the file, the field path and what is
-allowed, e.g. ``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.
-Everything a run would reject is rejected here, at plan time: technique
-hyperparameters are checked by name and type against each technique's
-declaration (``pipeline.techniques``, no torch), a file that is not UTF-8 or
-repeats a key is refused (YAML would silently keep the last value), and so is
-more than one GPU per run.
+Every error is one line naming the file, the field path and what is allowed, e.g.
+``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.  Whatever a run
+would reject is rejected here, at plan time: technique hyperparameters by name and type
+(``pipeline.techniques``, no torch), a file that is not UTF-8 or repeats a key (see
+``pipeline.specfile``), more than one GPU per run.
 """
 
 from __future__ import annotations
@@ -76,9 +74,7 @@ class Dataset(_Strict):
     eval_split: str | None = None  # None: hold out eval_size examples of train_split
     train_size: int | None = Field(default=None, gt=0)
     eval_size: int = Field(default=500, gt=0)
-    # A stratified development split, disjoint from train and eval, held out before train is drawn: budgets
-    # and learning rates are chosen on it (``evaluate_on: dev``), never on the evaluation set.
-    dev_size: int = Field(default=0, ge=0)
+    dev_size: int = Field(default=0, ge=0)  # stratified, disjoint from train and eval: tuning reads it, never eval
 
     @field_validator("template")
     @classmethod
@@ -150,16 +146,11 @@ class Spec(_Strict):
     conditions: list[Literal[CONDITIONS]] = Field(min_length=1)
     regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
     seeds: list[int] = Field(min_length=1)
-    # Where a classification host's task knowledge sits (pipeline/conditions.py): free = no trained head, the
-    # class score is temperature x cosine(pooled input, pooled label text) + the module's per-class bias;
-    # trained = a classification head trained at stage 1 and given, the same, to every stage-2 condition.
-    head: Literal[HEADS] = "free"
-    temperature: float = Field(default=20.0, gt=0, description="head: free -- the fixed scale of the cosine scores")
+    head: Literal[HEADS] = "free"  # where a classification host's task knowledge sits: pipeline/conditions.py
+    temperature: Float = Field(default=20.0, gt=0, description="head: free -- the fixed scale of the cosine scores")
     class_bias: bool = Field(default=True, description="head: free -- a per-class bias, part of the module")
-    port_head: bool = Field(default=True, description="head: trained -- every condition gets the ported head "
-                                                      "(false: the same seeded fresh head)")
-    evaluate_on: Literal["eval", "dev"] = Field(
-        default="eval", description="dev: score on each dataset's development split (tuning sweeps); eval: the study")
+    port_head: bool = Field(default=True, description="head: trained -- false: the same seeded fresh head")
+    evaluate_on: Literal["eval", "dev"] = Field(default="eval", description="dev: score on the dev split (tuning)")
     origin_training: Training = Training()
     further_training: Training = Training()
     resources: Stages = Stages()
@@ -232,11 +223,9 @@ class Spec(_Strict):
                 if bad or not vals:
                     what = "a positive integer" if k == "steps" else "a positive number"
                     raise _PathError(f"technique_params.{t}.{k}", f"must be {what} or a list of them, got {v!r}")
-        if self.evaluate_on == "dev":
-            for i, d in enumerate(self.datasets):
-                if not d.dev_size:
-                    raise _PathError(f"datasets[{i}].dev_size", "evaluate_on: dev needs a development split "
-                                     "(dev_size > 0)")
+        for i, d in enumerate(self.datasets if self.evaluate_on == "dev" else []):
+            if not d.dev_size:
+                raise _PathError(f"datasets[{i}].dev_size", "evaluate_on: dev needs a development split (dev_size > 0)")
         if len(self.directed_pairs()) != len(set(self.directed_pairs())):
             raise _PathError("host_pairs", "the same origin -> receiving pair appears twice "
                              "(both_directions already adds the reverse)")
@@ -290,20 +279,17 @@ class Spec(_Strict):
 
 class _PathError(ValueError):
     def __init__(self, path: str, msg: str):
-        super().__init__(msg)
-        self.path, self.msg = path, msg
+        super().__init__(msg); self.path, self.msg = path, msg  # noqa: E702
 
 
 class _KeyError(ValueError):
     def __init__(self, key: Any, msg: str):
-        super().__init__(msg)
-        self.key, self.msg = key, msg
+        super().__init__(msg); self.key, self.msg = key, msg  # noqa: E702
 
 
 class _ItemError(ValueError):
     def __init__(self, index: int, msg: str):
-        super().__init__(msg)
-        self.index, self.msg = index, msg
+        super().__init__(msg); self.index, self.msg = index, msg  # noqa: E702
 
 
 def _unique(v: list) -> list:
