@@ -62,7 +62,9 @@ def two_level(units: Sequence[tuple], level: float = 0.95, with_p: bool = True) 
     Returns mean_a, mean_b, mean_diff, se (sqrt of seed_var + example_var), df (= seed_df), ci_low,
     ci_high, p (two-sided, the interval inverted; NaN without variation or without an interval),
     n_units, n_examples, seed_df, seed_var, example_var (the two parts of the variance), few_seeds
-    (seed_df < FEW_SEED_DF: coverage unreliable) and no_variation (a zero-width interval).
+    (seed_df < FEW_SEED_DF: coverage unreliable) and no_variation (every run pair and example shows the same
+    difference: a zero-width interval).  Where the data vary but both parts are estimated as 0 (e.g. two seeds
+    with the same mean difference and no shared example effect) there is no interval (NaN), as with one seed.
     """
     out = {"mean_a": math.nan, "mean_b": math.nan, "mean_diff": math.nan, "se": math.nan, "df": math.nan,
            "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n_units": 0, "n_examples": 0, "seed_df": 0,
@@ -118,8 +120,9 @@ def two_level(units: Sequence[tuple], level: float = 0.95, with_p: bool = True) 
         example_df += m - 1
     out.update(seed_var=seed_term, example_var=example_term, se=math.sqrt(seed_term + example_term), df=float(seed_df))
     if round(seed_term + example_term, 2 * DECIMALS) <= 0:
-        out.update(se=0.0, ci_low=round(est, DECIMALS), ci_high=round(est, DECIMALS), no_variation=True)
-        return out
+        if np.ptp(np.concatenate([a - b for *_, a, b in rows])) == 0:
+            out.update(ci_low=round(est, DECIMALS), ci_high=round(est, DECIMALS), no_variation=True)
+        return out  # else the data vary but both parts estimate 0 (two seeds that tie): no interval
     h = half_width(seed_term, seed_df, example_term, example_df, level)
     out.update(ci_low=float(np.round(est - h, DECIMALS)), ci_high=float(np.round(est + h, DECIMALS)),
                p=p_value(est, seed_term, seed_df, example_term, example_df) if with_p else math.nan)

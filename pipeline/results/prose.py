@@ -31,7 +31,9 @@ def ci_text(r) -> str:
     if r.get("no_variation", False):
         return "no variation"
     if is_na(r["ci_low"]):
-        return "no interval (one seed)" if r.get("method") == "two-level t" else "no interval"
+        if r.get("method") != "two-level t":
+            return "no interval"
+        return "no interval (one seed)" if r.get("seed_df", 0) == 0 else "no interval (variance estimated as 0)"
     return f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" + (f" {FEW}" if few(r) else "")
 
 
@@ -102,9 +104,13 @@ def _notes(pooled: pd.DataFrame, usable: pd.DataFrame, family: int) -> str:
                          f"per host direction and dataset), so its seed part uses t(1) = 12.7 standard errors. It is "
                          f"honest only as far as seed effects are roughly normal (the coverage simulation in "
                          f"BENCHMARKS.md measures it), and wide: 3 seeds (t = 4.3) or 5 (t = 2.8) narrow it most.")
-        if usable["ci_low"].isna().any() and not usable["no_variation"].all():
-            notes.append("No interval: one seed per host direction and dataset, so seed-to-seed variation cannot be "
-                         "estimated.")
+        none = usable[usable["ci_low"].isna() & ~usable["no_variation"].astype(bool)]
+        if (none["seed_df"] == 0).any():
+            notes.append("No interval (one seed): one seed per host direction and dataset, so seed-to-seed variation "
+                         "cannot be estimated.")
+        if (none["seed_df"] > 0).any():
+            notes.append("No interval (variance estimated as 0): the run pairs' mean differences tie across seeds and "
+                         "no example-level spread is left, which says nothing about the spread of another seed.")
     elif len(flagged):
         notes.append(f"{FEW} fewer than {stats.MIN_UNITS} run pairs: read the interval as rough.")
     if method == "hierarchical bootstrap" and any(at_floor(r) for _, r in usable.iterrows()):
