@@ -5,10 +5,16 @@ numbers with known answers.  The module imports numpy only; scipy and pandas are
 imported inside the functions that need them.  ``auc`` lives in :mod:`pipeline.metrics`
 (the run side computes it too) and is re-exported here.
 
-Longer than most modules (~470 lines) on purpose: the hierarchical bootstrap, the run-level
+Longer than most modules (~480 lines) on purpose: the hierarchical bootstrap, the run-level
 fallback and the Holm family they share are one piece of statistics, read and tested together.
 
-**Primary test, when per-example predictions exist** (``hierarchical_compare``):
+The report's interval is no longer here: :mod:`pipeline.results.intervals` (a two-level t interval whose
+coverage :mod:`pipeline.results.coverage` measures).  The two-level bootstrap below was the report's interval
+before; it covers 0.73-0.94 instead of 0.95 at 2-5 seeds (BENCHMARKS.md, figures 7a-7f) and stays as the
+coverage bench's baseline and as ``report.build(interval="bootstrap")``; its p at the resampling floor
+(``boot_floor``) is printed as "< floor".
+
+**The bootstrap comparison, when per-example predictions exist** (``hierarchical_compare``):
 two conditions, e.g. ported and scratch, are matched run by run on everything
 else that defines a run -- technique, host pair, dataset, budget (regime) and
 seed -- and, within a matched pair of runs, example by example (both runs
