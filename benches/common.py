@@ -134,6 +134,10 @@ class Sizes:
     merge_repeats: int  # the naive baseline alone takes minutes at 10,000 shards
     merge_new: int  # shards added before the incremental re-merge
     light_repeats: int  # subprocess timings of `pipeline plan` / `pipeline status` vs `import torch`
+    # 7. interval coverage (synthetic sweeps, pipeline.results.coverage)
+    coverage_reps: int = 10_000  # sweeps per setting x seeds, the report's interval (MC SE ~0.002)
+    coverage_boot_reps: int = 2_000  # sweeps per cell for the old bootstrap (baseline; MC SE ~0.005-0.01)
+    coverage_n_boot: int = 2_000  # its resamples
 
     @property
     def plan_runs(self) -> int:
@@ -149,7 +153,7 @@ SMOKE = Sizes(smoke=True, repeats=1, host="embedded:tiny-bert-a",
               receiving="embedded:tiny-bert-b", n_train=32, n_eval=32, batch=16, eval_batch=16,
               max_length=32, warmup_steps=1, trainer_window=2, pack_k=2, pack_steps=2, plan_seeds=2, done_fraction=0.9,
               merge_shards=(50, 100), merge_repeats=1, merge_new=10,
-              light_repeats=1)
+              light_repeats=1, coverage_reps=60, coverage_boot_reps=20, coverage_n_boot=200)
 
 
 # ---------------------------------------------------------------- environment

@@ -11,7 +11,9 @@ SECTIONS = {
     "3": "3. Planning and status at scale",
     "4": "4. Merge",
     "5": "5. Scheduler load",
+    "7": "7. Interval coverage (statistics: the report's 95 % interval on synthetic sweeps with a known difference)",
 }
+GPU_SECTION = 6  # written between the figure sections before it and those after it
 
 
 def _section(f: Figure) -> str:
@@ -74,10 +76,13 @@ def markdown(figs: list[Figure], info: dict[str, str], *, errors: dict[str, str]
         out += ["", "Benches that failed in this invocation: "
                 + "; ".join(f"{k}: {_md_cell(v)}" for k, v in errors.items())]
     out += ["", "## How each figure was measured", ""]
-    last, shown = None, set()
+    last, shown, gpu_done = None, set(), False
     for f in figs:
         sec = _section(f)
         if sec != last:
+            if not gpu_done and sec[0].isdigit() and int(sec[0]) > GPU_SECTION:
+                out += [f"### {GPU_SECTION}. GPU", "", gpu, ""]
+                gpu_done = True
             out += [f"### {SECTIONS.get(sec, sec)}", ""]
             last = sec
         line = f"- **{f.key} {f.title}**: {f.label} {fmt(f.value, f.unit)}"
@@ -97,7 +102,9 @@ def markdown(figs: list[Figure], info: dict[str, str], *, errors: dict[str, str]
         if f.note:
             out.append(f"  - Note: {f.note}")
         out.append("")
-    out += ["### 6. GPU", "", gpu, "", "## Noise", "", noise, ""]
+    if not gpu_done:
+        out += [f"### {GPU_SECTION}. GPU", "", gpu, ""]
+    out += ["## Noise", "", noise, ""]
     return "\n".join(out)
 
 

@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m benches.run [--smoke] [--only ...] [--out FILE]`` from the repository root.
 
 Full run (``make bench``, ~10 minutes on 2 cores): MiniLM training/evaluation throughput, packing,
-planning/status at 100,000 runs, merging 10,000 shards, Slurm call counts; prints a table and writes
+planning/status at 100,000 runs, merging 10,000 shards, Slurm call counts, the coverage of the report's
+95 % interval on synthetic sweeps (statistics, not speed); prints a table and writes
 BENCHMARKS.md at the repository root.  ``--smoke`` (``make bench-smoke``) runs the same code at toy
 sizes in well under a minute and checks only that every figure is a finite positive number and that
 the table and the markdown render; it never judges speed.
@@ -25,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported:
 from benches import report  # noqa: E402
 from benches.common import FULL, ROOT, SMOKE, fmt, load_avg, machine, straddles  # noqa: E402
 
-BENCHES = ("train", "pack", "overhead", "scale", "merge")  # scale = planning + status (3) and scheduler load (5)
+BENCHES = ("train", "pack", "overhead", "scale", "merge", "coverage")  # scale = planning + status (3) and scheduler
+# load (5); coverage = the report's 95 % interval on synthetic sweeps with a known difference (7)
 
 
 def _module(name: str):

@@ -2,8 +2,8 @@
 
 The synthetic sweep mirrors the columns of a real one (see pipeline.plan.Run.row and
 pipeline.run.runner.execute); its accuracies carry a known effect: ported = scratch + EFFECT
-at zero-shot, shrinking with the budget, sampled halfway between, head-only (when asked
-for) a quarter of the way.  ``make_sweep(..., preds=...)`` also writes per-example
+at zero-shot, shrinking with the budget, sampled halfway between, no-module (when asked
+for; ``head-only``, its name in older sweeps, likewise) a quarter of the way.  ``make_sweep(..., preds=...)`` also writes per-example
 predictions consistent with each run's accuracy, ``new_columns=True`` the newer shard
 columns (auc, class balance, majority-class accuracy) and ``hosts=`` a hosts.json.
 """
@@ -77,7 +77,7 @@ def make_sweep(root: Path, techniques=("lora", "prefix"), pairs=(("a", "b"), ("b
         else:
             shrink = 1.0 / (1 + p["regime"] / 50)
             acc = base + 0.2 * (p["regime"] > 0) + {"ported": EFFECT, "sampled": EFFECT / 2, "scratch": 0,
-                                                    "head-only": EFFECT / 4}[p["condition"]] * shrink
+                                                    "no-module": EFFECT / 4, "head-only": EFFECT / 4}[p["condition"]] * shrink
             extra = {"port_exact": True if p["condition"] != "scratch" else None,
                      "origin_module_sha256": f"sha-{p['needs']}" if p["needs"] else None,
                      "sample_mean_err": 0.01 if p["condition"] == "sampled" else None,
@@ -217,8 +217,10 @@ def test_stats_and_summary_find_the_known_effect(tmp_path):
     np.testing.assert_allclose(pooled.loc[pooled["b"] == "sampled", "mean_diff"], EFFECT / 2, atol=0.005)
     assert (pooled["method"] == "wilcoxon").all()  # no predictions: the run-level fallback
     md = r.markdown.read_text()
-    assert "higher mean accuracy than scratch ones in 2 of 2" in md
-    assert "significant at α = 0.05" in md and "None of these" not in md
+    summary = md[md.index("## Summary"):md.index("## Did the origin")]
+    assert "**ported − scratch** (accuracy) — what the trained module carries beyond the technique's own " \
+           "initialisation: ported higher in 2 of 2 technique × budget comparisons, by +0.08" in summary
+    assert summary.count("all 2 survive Holm") == 2 and "none survives Holm" not in summary
     assert "Run-level comparisons, because this sweep has no per-example predictions" in md
 
 
@@ -232,14 +234,14 @@ def test_zero_width_differences_are_no_finding(tmp_path):
     assert pooled["no_variation"].all() and pooled["p_holm"].isna().all()
     md = r.markdown.read_text()
     assert "no variation" in md and f"[{EFFECT:+.3f}, {EFFECT:+.3f}]" not in md
-    assert "None of these" in md and "significant at α = 0.05:" not in md
+    assert "none survives Holm" in md and "survive Holm" not in md.replace("none survives Holm", "")
 
 
 def test_summary_says_when_nothing_can_be_significant(tmp_path):
     root = tmp_path / "s"
     make_sweep(root, seeds=(0, 1), pairs=(("a", "b"),))
     md = report.build(root, tmp_path / "rep", n_boot=200, figures=False).markdown.read_text()
-    assert "None of these" in md and "more seeds are needed" in md
+    assert "none survives Holm" in md and "more seeds are needed" in md
 
 
 def test_partial_sweep_reports_whats_missing(tmp_path):
@@ -333,3 +335,104 @@ def test_cli_report(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# the summary, the intervals and p-values it prints, the bars, the module layout (issues 17 and 18)
+# --------------------------------------------------------------------------------------------------
+def _section(md: str, start: str, end: str) -> str:
+    return md[md.index(start):md.index(end)]
+
+
+def test_summary_is_one_headline_per_contrast_worded_by_the_conditions_table(tmp_path):
+    from pipeline.conditions import CONTRASTS
+
+    root = tmp_path / "s"
+    make_sweep(root, conditions=("ported", "scratch", "sampled", "no-module"), preds="merged", seeds=(0, 1, 2))
+    md = report.build(root, tmp_path / "rep", figures=False).markdown.read_text()
+    summary = _section(md, "## Summary", "## Did the origin")
+    bullets = [x for x in summary.splitlines() if x.startswith("- ")]
+    assert len(bullets) == len(CONTRASTS) == 3
+    for line, c in zip(bullets, CONTRASTS):
+        assert line.startswith(f"- **{c.a} − {c.b}** (accuracy) — {c.measures}: ")
+        assert "95% CI [" in line and "survive" in line
+    assert len(summary.split()) < 350  # a few lines, not one 450-word paragraph
+
+
+def test_two_seeds_mark_the_interval_as_unreliable_beside_it(tmp_path):
+    root = tmp_path / "s"
+    make_sweep(root, pairs=(("a", "b"),), seeds=(0, 1), preds="merged")
+    r = report.build(root, tmp_path / "rep", figures=False)
+    pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
+    assert (pooled["method"] == "two-level t").all() and (pooled["seed_df"] == 1).all() and pooled["few_seeds"].all()
+    md = r.markdown.read_text()
+    rows = [x for x in _section(md, "## Paired comparisons", "## Retention").splitlines() if x.startswith("| ported")]
+    assert rows and all(re.search(r"\| \[[-+]\d\.\d{3}, [-+]\d\.\d{3}\] ‡ \|", x) or "| no interval (variance estimated "
+                        "as 0) |" in x for x in rows)
+    assert "‡ beside an interval: coverage unreliable" in md
+    assert "‡ coverage unreliable" in _section(md, "## Summary", "## Did the origin")
+
+
+def test_p_at_the_bootstrap_floor_prints_as_a_bound(tmp_path):
+    root = tmp_path / "s"
+    make_sweep(root, pairs=(("a", "b"),), seeds=(0, 1, 2), regimes=(0,), preds="merged")
+    r = report.build(root, tmp_path / "rep", n_boot=999, figures=False, interval="bootstrap")
+    pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
+    assert (pooled["method"] == "hierarchical bootstrap").all()
+    floor = stats.boot_floor(999)
+    assert (pooled["p_floor"] == floor).all()
+    at = pooled[pooled["p"] <= floor]
+    assert len(at)  # the known effect: no resample crosses 0
+    md = r.markdown.read_text()
+    table = _section(md, "## Paired comparisons", "## Retention")
+    assert "| < 0.002 |" in table and f"| {floor:.3f} |" not in table
+    for _, row in at.iterrows():
+        assert f"| < {row['p_holm']:.2g} *" in table  # Holm-adjusted floor: an upper bound as well
+    assert "“< p”: no bootstrap resample crossed 0" in table
+
+
+def test_fmt_p_bounds():
+    assert tables.fmt_p(0.0002, bound=True) == "< 0.0002" and tables.fmt_p(0.0048, bound=True) == "< 0.0048"
+    assert tables.fmt_p(0.012) == "0.012" and tables.fmt_p(0.0004) == "< 0.001" and tables.fmt_p(float("nan")) == "—"
+    assert tables.fmt_p_eq(0.03) == "= 0.030" and tables.fmt_p_eq(0.0002, True) == "< 0.0002"
+
+
+def test_bars_show_seeds_as_points_under_five_seeds(tmp_path):
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import ErrorbarContainer
+
+    for seeds, points in (((0, 1), True), (tuple(range(5)), False)):
+        root = tmp_path / f"s{len(seeds)}"
+        make_sweep(root, pairs=(("a", "b"),), seeds=seeds, regimes=(0,))
+        d = report.load(root)
+        s2 = d.stage(2)
+        cells = tables.cell_table(s2, ["host_pair", "dataset", "technique", "condition", "regime"])
+        fig = figures.draw_bars(cells, "rt", "accuracy", s2[s2["state"] == "done"])
+        ax = fig.axes[0]
+        scattered = [c for c in ax.collections if isinstance(c, PathCollection)]
+        whiskers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        if points:  # one point per run: 2 techniques x 3 conditions x 2 seeds
+            assert sum(len(c.get_offsets()) for c in scattered) == 12 and not whiskers
+        else:
+            assert not scattered and len(whiskers) == 3
+
+
+def test_results_modules_import_no_circle_even_for_type_hints():
+    """SweepData has its own module: tables, prose and sections no longer import the report that imports them."""
+    import ast
+
+    folder = Path(report.__file__).parent
+    graph = {}
+    for p in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):  # every import, TYPE_CHECKING blocks and functions included
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                deps |= {n.split(".")[0] for n in names if (folder / f"{n.split('.')[0]}.py").exists()}
+        graph[p.stem] = deps - {p.stem}
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, (*seen, d))) for d in graph.get(a, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    assert not [m for m in circles if m in ("report", "tables", "prose", "sections", "sweepdata", "comparisons")], circles

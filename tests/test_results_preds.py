@@ -1,4 +1,5 @@
-"""Per-example predictions through merge and report; folder names with quotes and spaces; hosts.json; head-only.
+"""Per-example predictions through merge and report; folder names with quotes and spaces; hosts.json; no-module
+(and head-only, its name in older sweeps).
 
 Synthetic sweeps only (pipeline files written directly, no training): see tests/test_report.py::make_sweep.
 """
@@ -137,15 +138,15 @@ def test_merge_with_a_quote_and_a_space_in_the_folder_name(tmp_path):
 @pytest.fixture
 def full_sweep(tmp_path):
     """A sweep as the newer run side leaves it, in a folder whose name has a quote and a space: shards and
-    per-example predictions (not merged yet), a head-only condition, hosts.json, the newer shard columns,
+    per-example predictions (not merged yet), a no-module condition, hosts.json, the newer shard columns,
     and one technique (prefix) whose origin modules rank well but predict one class."""
     root = tmp_path / "runs" / "bob's sweep"
-    info = make_sweep(root, conditions=("ported", "scratch", "sampled", "head-only"), preds="files",
+    info = make_sweep(root, conditions=("ported", "scratch", "sampled", "no-module"), preds="files",
                       new_columns=True, hosts=HOSTS, one_class=("prefix",), seeds=(0, 1, 2, 3, 4))
     return root, info
 
 
-def test_report_with_predictions_head_only_and_hosts(full_sweep, tmp_path):
+def test_report_with_predictions_no_module_and_hosts(full_sweep, tmp_path):
     root, info = full_sweep
     r = report.build(root, n_boot=2000)
     assert r.merged and (root / "results.parquet").exists() and (root / "predictions.parquet").exists()
@@ -158,35 +159,36 @@ def test_report_with_predictions_head_only_and_hosts(full_sweep, tmp_path):
                     "## Hosts", "## Provenance", "## Sanity checks"):
         assert section in md, section
 
-    # the main table: hierarchical bootstrap, three contrasts, pooled over directions/datasets/seeds (and says so)
+    # the main table: two-level t, three contrasts, pooled over directions/datasets/seeds (and says so)
     pooled = pd.read_csv(r.out / "tables" / "stats_pooled.csv")
-    assert (pooled["method"] == "hierarchical bootstrap").all()
-    assert set(pooled["contrast"]) == {"ported - scratch", "ported - sampled", "ported - head-only"}
+    assert (pooled["method"] == "two-level t").all()
+    assert set(pooled["contrast"]) == {"ported - scratch", "ported - sampled", "ported - no-module"}
     assert len(pooled) == 3 * 2 * 2  # contrasts x techniques x budgets
     assert (pooled["n"] == 10).all() and (pooled["n_examples"] == 10 * N_EVAL).all()  # 2 directions x 5 seeds
-    assert not pooled["few_units"].any() and (pooled["pairs_without_preds"] == 0).all()
+    assert not pooled["few_units"].any() and not pooled["few_seeds"].any() and (pooled["seed_df"] == 8).all()
+    assert (pooled["pairs_without_preds"] == 0).all() and pooled["p_floor"].isna().all()
     zs = pooled[(pooled["b"] == "scratch") & (pooled["regime"] == 0)]
     assert ((zs["mean_diff"] - EFFECT).abs() < 0.03).all() and (zs["ci_low"] > 0).all() and (zs["p_holm"] < 0.05).all()
-    assert "two-level bootstrap" in md and "over host directions, datasets and seeds" in md
-    assert "McNemar: pairs favouring a" in md and "| ported - head-only | lora | zero-shot | 10 | 2,000 |" in md
+    assert "two-level t interval" in md and "over host directions, datasets and seeds" in md
+    assert "McNemar: pairs favouring a" in md and "| ported - no-module | lora | zero-shot | 10 | 2,000 |" in md
     by_dir = pd.read_csv(r.out / "tables" / "stats_by_direction.csv")
-    assert (by_dir["n"] == 5).all() and by_dir["few_units"].all()
+    assert (by_dir["n"] == 5).all() and by_dir["few_units"].all() and (by_dir["seed_df"] == 4).all()
     pairs = pd.read_csv(r.out / "tables" / "pairs.csv")
     assert {"mcnemar_b", "mcnemar_c", "p_mcnemar", "n_examples"} <= set(pairs.columns)
     assert (pairs["n_examples"] == N_EVAL).all() and len(pairs) == 3 * 2 * 2 * 2 * 5
 
-    # head-only: its colour, its heatmap, its retention
-    assert figures.COLORS["head-only"] == "#CC79A7"
+    # no-module: its colour, its heatmap, its retention
+    assert figures.COLORS["no-module"] == "#CC79A7"
     assert {f.name for f in r.figures} == {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
-                                           "heatmap_ported_minus_sampled.png", "heatmap_ported_minus_head-only.png"}
+                                           "heatmap_ported_minus_sampled.png", "heatmap_ported_minus_no-module.png"}
     ret = pd.read_csv(r.out / "tables" / "retention.csv")
-    assert set(ret["condition"]) == {"ported", "head-only"} and (ret["n"] == 5).all()
+    assert set(ret["condition"]) == {"ported", "no-module"} and (ret["n"] == 5).all()
     res = pd.read_parquet(root / "results.parquet").set_index("run_id")
     row = ret[(ret["technique"] == "lora") & (ret["host_pair"] == "a->b") & (ret["condition"] == "ported")].iloc[0]
     ratios = [res.loc[rid, "accuracy"] / res.loc[res.loc[rid, "origin_run"], "accuracy"]
               for rid in row["run_ids"].split(";")]
     assert row["retention_mean"] == pytest.approx(np.mean(ratios)) and row["retention_min"] == pytest.approx(min(ratios))
-    assert "retention (head only)" in md
+    assert "retention (no module)" in md
 
     # did it learn: lora learned, prefix ranks but predicts one class
     learned = pd.read_csv(r.out / "tables" / "did_it_learn.csv").set_index(["technique", "origin_host"])
@@ -198,13 +200,13 @@ def test_report_with_predictions_head_only_and_hosts(full_sweep, tmp_path):
     assert "| rt | 180 | 0.570 | 0.550 | 0.550 |" in md
     assert re.search(r"\| lora \| a \| rt \| 0\.\d{3} ± 0\.\d{3} \(5\) \| 0\.\d{3} ± 0\.\d{3} \(5\) \| 0\.\d{3} ± "
                      r"0\.\d{3} \(5\) \|", md)  # stage 1: accuracy, macro-F1, AUC
-    assert re.search(r"\| lora \| head-only \| 0\.\d{3} / 0\.\d{3} / 0\.\d{3} \(5\) \|", md)
+    assert re.search(r"\| lora \| no-module \| 0\.\d{3} / 0\.\d{3} / 0\.\d{3} \(5\) \|", md)
 
     # hosts
     assert "**The hosts pool differently (cls, mean)**" in md
     assert "| b | a | 0.066 | 0.401 | 0.657 | 0.742 | 0.681 | logistic regression, 700/500 |" in md
     assert "| a | `embedded:all-minilm-l6-v2` | mean | `0123456789abcdef` |" in md
-    assert "ported head bit-equal to the origin module's head: **OK**" in md
+    assert "ported head bit-equal to the origin module's head (head: trained): **OK**" in md
     assert "per-example predictions (`predictions.parquet`): 160 of 160 finished stage-2 runs" in md
 
     # the HTML is self-contained; the printed trace query runs as printed
@@ -228,11 +230,13 @@ def test_trace_sql_quotes_every_literal(tmp_path):
 
 
 def test_report_without_predictions_falls_back_and_says_so(tmp_path):
+    """An older sweep: no predictions, and its control still named head-only (read as no-module)."""
     root = tmp_path / "old sweep"
     make_sweep(root, conditions=("ported", "scratch", "sampled", "head-only"), seeds=(0, 1, 2))
     md = report.build(root, n_boot=200, figures=False).markdown.read_text()
     pooled = pd.read_csv(root / "report" / "tables" / "stats_pooled.csv")
-    assert (pooled["method"] == "wilcoxon").all() and "ported - head-only" in set(pooled["contrast"])
+    assert (pooled["method"] == "wilcoxon").all() and "ported - no-module" in set(pooled["contrast"])
+    assert "head-only" not in md
     assert "Run-level comparisons, because this sweep has no per-example predictions" in md
     assert "No `hosts.json` in this sweep" in md
     assert "do not record class balance" in md and "majority not recorded" in md
@@ -298,8 +302,8 @@ def test_summary_of_a_sweep_with_a_quote_and_head_only(tmp_path):
     console = Console(record=True, width=200)
     print_summary(console, _Sweep(), None)
     text = console.export_text()
-    assert "stage 1: module on its origin host" in text and "head-only" in text
-    assert text.index("ported") < text.index("scratch") < text.index("sampled") < text.index("head-only")  # CONDITIONS
+    assert "stage 1: module on its origin host" in text and "head-only" not in text  # an older sweep's name for ...
+    assert text.index("ported") < text.index("scratch") < text.index("sampled") < text.index("no-module")  # CONDITIONS
     assert "stage 2 8/8" in text.replace(" (", "(")
 
 

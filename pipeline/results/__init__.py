@@ -3,11 +3,15 @@
 * ``shards``   -- one Parquet row per run, written atomically (the run side writes them)
 * ``merge``    -- shards -> results.parquet, predictions -> predictions.parquet (checked, quarantined, locked)
 * ``summary``  -- the mean-accuracy tables ``pipeline run`` / ``summary`` print
-* ``stats``    -- paired comparisons: hierarchical bootstrap, McNemar, Wilcoxon, Holm
-* ``report``   -- ``pipeline report``: load a sweep, compare, write report/ (uses the modules below)
+* ``intervals`` -- the report's interval: two-level t over seeds and shared examples; ``coverage`` -- its
+  coverage simulation (``make bench``)
+* ``stats``    -- McNemar, Wilcoxon, Holm, the old hierarchical bootstrap, predictions by run
+* ``sweepdata`` -- a sweep folder read as ``SweepData`` (plan, results, states, predictions, hosts)
+* ``report``   -- ``pipeline report``: compare, write report/ (uses the modules below)
 * ``tables``   -- the report's tables (cells, retention, class balance, did-it-learn, hosts)
 * ``figures``  -- the report's figures (matplotlib, no pyplot)
-* ``sections`` -- the report's sections as prose and tables; ``prose`` -- its generated summary paragraph
+* ``sections`` -- the report's sections; ``comparisons`` -- its paired-comparison section; ``prose`` -- its
+  summary (one headline per contrast)
 * ``document`` -- a tiny document model rendered to Markdown and self-contained HTML
 * ``frames``   -- ``load`` / ``predictions`` below: a sweep as pandas DataFrames, from Python
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..spec import CONDITIONS
+from ..conditions import NAMES as CONDITIONS
 from . import stats
 from .tables import METRICS, is_na, ordered, pair_label, regime_label
 
 COLORS = {"ported": "#0072B2", "scratch": "#E69F00", "sampled": "#009E73",  # Okabe-Ito, colour-blind safe
-          "head-only": "#CC79A7"}
+          "no-module": "#CC79A7"}
 DPI = 110  # figure resolution (tests lower it)
+SEED_POINTS = 5  # a bar cell with fewer seeds than this shows each seed's run as a point, not a t-interval
 
 
 def _figure(w: float, h: float):
@@ -27,8 +28,20 @@ def _halfwidth(lo, hi) -> float:
     return 0.0 if is_na(lo) else (hi - lo) / 2
 
 
-def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
-    """Grouped bars: technique on x, one bar per condition, 95% CI whiskers; rows host direction, cols budget."""
+def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path, runs: pd.DataFrame | None = None) -> Path | None:
+    """Grouped bars (see :func:`draw_bars`), saved to ``path``; None when the dataset has no finished run."""
+    fig = draw_bars(cells, dataset, metric, runs)
+    if fig is None:
+        return None
+    fig.savefig(path)
+    return path
+
+
+def draw_bars(cells: pd.DataFrame, dataset: str, metric: str, runs: pd.DataFrame | None = None):
+    """Grouped bars: technique on x, one bar per condition (mean over seeds); rows host direction, cols budget.
+    A cell with fewer than SEED_POINTS seeds shows each seed's run as a point (``runs``: the done stage-2 runs),
+    as a t-interval over 2-4 seeds says little (over 2 it is 12.7 standard errors wide); others whiskers of the
+    95% t-interval."""
     c = cells[cells["dataset"] == dataset]
     if not c["done"].any():
         return None
@@ -38,12 +51,13 @@ def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path
                   1.0 + 2.9 * len(pairs))
     axes = fig.subplots(len(pairs), len(regimes), squeeze=False, sharey=True)
     width = 0.8 / len(conds)
-    any_missing = False
+    any_missing = drew_points = drew_whiskers = False
+    keys = ["host_pair", "regime", "condition", "technique"]
     for i, hp in enumerate(pairs):
         for j, reg in enumerate(regimes):
             ax = axes[i][j]
             for k, cond in enumerate(conds):
-                xs, ys, es, hatch_x = [], [], [], []
+                xs, ys, hatch_x, whisk, points = [], [], [], [], []
                 for t, tech in enumerate(techs):
                     x = c[(c["host_pair"] == hp) & (c["regime"] == reg) & (c["condition"] == cond)
                           & (c["technique"] == tech)]
@@ -57,12 +71,25 @@ def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path
                         continue
                     xs.append(pos)
                     ys.append(x[f"{metric}_mean"])
-                    es.append(_halfwidth(x[f"{metric}_ci_low"], x[f"{metric}_ci_high"]))
+                    if runs is not None and x["done"] < SEED_POINTS:
+                        sel = runs[(runs["dataset"] == dataset) & np.logical_and.reduce(
+                            [runs[col] == v for col, v in zip(keys, (hp, reg, cond, tech))])]
+                        vals = sel[metric].dropna().to_numpy(float)
+                        points += [(pos + width * 0.25 * (q - (len(vals) - 1) / 2) / max(1, len(vals) - 1), v)
+                                   for q, v in enumerate(vals)]
+                    else:
+                        whisk.append((pos, x[f"{metric}_mean"],
+                                      _halfwidth(x[f"{metric}_ci_low"], x[f"{metric}_ci_high"])))
                     if x["missing"]:
                         hatch_x.append(len(xs) - 1)
                         any_missing = True
-                bars = ax.bar(xs, ys, width * 0.95, yerr=es, capsize=2.5, color=COLORS.get(cond), label=cond,
-                              error_kw={"elinewidth": 1, "ecolor": "#333333"})
+                bars = ax.bar(xs, ys, width * 0.95, color=COLORS.get(cond), label=cond)
+                if whisk:
+                    ax.errorbar(*zip(*whisk), fmt="none", capsize=2.5, elinewidth=1, ecolor="#333333")
+                    drew_whiskers = True
+                if points:
+                    ax.scatter(*zip(*points), s=14, color="white", edgecolors="#222222", linewidths=0.9, zorder=3)
+                    drew_points = True
                 for b in hatch_x:
                     bars[b].set_hatch("///")
                     bars[b].set_edgecolor("white")
@@ -76,15 +103,15 @@ def fig_bars(cells: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path
                 ax.set_ylabel(f"{pair_label(hp)}\n{METRICS[metric]}")
     handles, labels = axes[0][0].get_legend_handles_labels()
     by = dict(zip(labels, handles))
-    note = "  (whiskers: 95% CI over seeds; hatched: some planned runs missing; ×: none finished)" if any_missing \
-        else "  (whiskers: 95% CI over seeds)"
-    fig.legend(by.values(), by.keys(), loc="outside lower center", ncols=len(by), title="condition" + note,
-               frameon=False)
+    parts = ([f"points: each seed's run (fewer than {SEED_POINTS} seeds)"] if drew_points else []) + \
+        (["whiskers: 95% CI over seeds"] if drew_whiskers else []) + \
+        (["hatched: some planned runs missing; ×: none finished"] if any_missing else [])
+    fig.legend(by.values(), by.keys(), loc="outside lower center", ncols=len(by),
+               title="condition" + (f"  ({'; '.join(parts)})" if parts else ""), frameon=False)
     fig.suptitle(f"{METRICS[metric].capitalize()} on the receiving host by technique and condition — dataset "
                  f"{dataset}\n(rows: host direction origin → receiving; columns: further-training budget)",
                  fontsize=12)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def fig_budget(cells: pd.DataFrame, stage1: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
@@ -152,7 +179,7 @@ def fig_heatmap(comp: pd.DataFrame, a: str, b: str, metric: str, path: Path) -> 
     d = d[(d["n"] > 0) & d["mean_diff"].notna()]
     if d.empty:
         return None
-    hier = "method" in d and (d["method"] == "hierarchical bootstrap").any()
+    method = str(d["method"].iloc[0]) if "method" in d else "wilcoxon"
     techs, pairs = ordered(d["technique"]), ordered(d["host_pair"])
     regimes = sorted(int(r) for r in d["regime"].unique())
     lim = max(0.01, float(np.nanmax(np.abs(d["mean_diff"].to_numpy(float)))))
@@ -186,7 +213,7 @@ def fig_heatmap(comp: pd.DataFrame, a: str, b: str, metric: str, path: Path) -> 
     axes[0].set_ylabel("host direction (origin → receiving)")
     cb = fig.colorbar(im, ax=list(axes), shrink=0.95, fraction=0.04)
     cb.set_label(f"{a} − {b}\n(blue: {a} better)")
-    test = "hierarchical-bootstrap" if hier else "Wilcoxon"
+    test = {"two-level t": "two-level t", "hierarchical bootstrap": "hierarchical-bootstrap"}.get(method, "Wilcoxon")
     fig.suptitle(f"{a.capitalize()} − {b}: mean paired difference in {METRICS[metric]}, over seeds and datasets\n"
                  f"(n = matched run pairs; * = Holm-adjusted {test} p < {stats.ALPHA};\nflat = no variation; "
                  f"grey = no pairs)", fontsize=12)

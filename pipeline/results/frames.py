@@ -28,7 +28,7 @@ def _root(sweep: str | Path) -> Path:
 
 def _merged(sweep: str | Path) -> Path:
     """The sweep folder, merged first if shards or predictions are newer than the merged files."""
-    from .report import needs_merge
+    from .sweepdata import needs_merge
 
     root = _root(sweep)
     if needs_merge(root):
@@ -42,7 +42,7 @@ def load(sweep: str | Path) -> pd.DataFrame:
     """The merged results joined with the plan: one row per planned run (plan columns, then the
     result columns), ``state`` done / failed (an error file, no result) / missing; metrics are NaN
     where the run has no result."""
-    from .report import load as load_sweep
+    from .sweepdata import load as load_sweep
 
     return load_sweep(_merged(sweep)).runs.reset_index(drop=True)
 

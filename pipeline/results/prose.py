@@ -1,24 +1,50 @@
-"""The report's plain-language summary: every clause computed from the numbers of the comparison tables."""
+"""The report's summary: a status line, then one headline per contrast (what it measures -- from
+pipeline/conditions.py --, the effect with its interval, whether it survives Holm); the detail is in the
+comparison table.  Every clause is computed from the numbers of the comparison tables."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..conditions import CONTRASTS
 from . import stats
+from .sweepdata import SweepData
+from .tables import FEW, LEARN_MARGIN, METRICS, RANKS_AUC, at_floor, few, fmt_p_eq, is_na, regime_label
 
-if TYPE_CHECKING:
-    from .report import SweepData
-from .tables import FEW, LEARN_MARGIN, METRICS, RANKS_AUC, fmt_p_eq, regime_label
+PER_EXAMPLE = ("two-level t", "hierarchical bootstrap")  # methods that use per-example predictions
 
 
 def is_hierarchical(comp: pd.DataFrame) -> bool:
-    return "method" in comp and bool((comp["method"] == "hierarchical bootstrap").any())
+    """Does the table compare on per-example predictions (two-level t or bootstrap), not one number per run?"""
+    return "method" in comp and bool(comp["method"].isin(PER_EXAMPLE).any())
 
 
-def summary_paragraph(d: SweepData, pooled: pd.DataFrame, metric: str, learned: pd.DataFrame | None = None) -> str:
+def measures(a: str, b: str) -> str:
+    """What ``a - b`` measures, from pipeline/conditions.py ('' for a contrast it does not declare)."""
+    return next((c.measures for c in CONTRASTS if (c.a, c.b) == (a, b)), "")
+
+
+def ci_text(r) -> str:
+    """'[+0.012, +0.080]', with FEW beside it when the interval rests on too few seeds (or run pairs)."""
+    if r.get("no_variation", False):
+        return "no variation"
+    if is_na(r["ci_low"]):
+        if r.get("method") != "two-level t":
+            return "no interval"
+        return "no interval (one seed)" if r.get("seed_df", 0) == 0 else "no interval (variance estimated as 0)"
+    return f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" + (f" {FEW}" if few(r) else "")
+
+
+def _where(r) -> str:
+    parts = [str(r["technique"])] if "technique" in r else []
+    if "regime" in r and not is_na(r["regime"]):
+        parts.append(regime_label(r["regime"]))
+    return ", ".join(parts)
+
+
+def status_line(d: SweepData, learned: pd.DataFrame | None = None) -> str:
     s2 = d.stage(2)
     done2, planned2 = int((s2["state"] == "done").sum()), len(s2)
     done1, planned1 = int((d.stage(1)["state"] == "done").sum()), len(d.stage(1))
@@ -27,65 +53,82 @@ def summary_paragraph(d: SweepData, pooled: pd.DataFrame, metric: str, learned: 
                          else "; the missing ones may change every number below") + "."]
     if learned is not None and len(learned):
         out.append(learn_sentence(learned))
+    return " ".join(out)
+
+
+def headlines(pooled: pd.DataFrame, metric: str) -> tuple[list[str], str]:
+    """One line per contrast, and a note on what the marks mean (or why nothing can be significant)."""
     usable = pooled[(pooled["n"] > 0) & pooled["mean_diff"].notna()] if len(pooled) else pooled
     if usable.empty:
-        out.append("No paired comparison can be made yet (no seed has results for two conditions of the same "
-                   "technique, host direction, dataset and budget"
-                   + (", with per-example predictions for both" if len(pooled) else "") + ").")
-        return " ".join(out)
+        return [], ("No paired comparison can be made yet (no seed has results for two conditions of the same "
+                    "technique, host direction, dataset and budget"
+                    + (", with per-example predictions for both" if len(pooled) else "") + ").")
     m = METRICS[metric]
-    hier = is_hierarchical(pooled)
     family = int(pooled["p"].notna().sum())
-    flat = int(pooled["no_variation"].sum())
-    fam = f"all {family} comparisons" + (f" with variation ({flat} without)" if flat else "")
+    lines = []
     for (a, b), g in usable.groupby(["a", "b"], sort=False):
         k = len(g)
-        up, down = int((g["mean_diff"] > 0).sum()), int((g["mean_diff"] < 0).sum())
-        eq = k - up - down
+        up = int((g["mean_diff"] > 0).sum())
         lo, hi = g.loc[g["mean_diff"].idxmin()], g.loc[g["mean_diff"].idxmax()]
-        sent = (f"Matched on seed, dataset and host direction{' (and example by example)' if hier else ''}, {a} "
-                f"modules had a higher mean {m} than {b} ones in {up} of {k} technique × budget comparisons, a lower "
-                f"one in {down or 'none'}" + (f" and the same in {eq}" if eq else "") + f"; the mean difference ranged "
-                f"from {lo['mean_diff']:+.3f} ({lo['technique']}, {regime_label(lo['regime'])}) to "
-                f"{hi['mean_diff']:+.3f} ({hi['technique']}, {regime_label(hi['regime'])}).")
-        out.append(sent)
-        sig = g[g["p_holm"] < stats.ALPHA]
-        if len(sig):
-            all_few = bool(sig["few_units"].all())
-            items = ", ".join(f"{r['technique']} at {regime_label(r['regime'])} ({r['mean_diff']:+.3f}, "
-                              f"95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], p_Holm {fmt_p_eq(r['p_holm'])}"
-                              + (f" {FEW}" if r["few_units"] and not all_few else "") + ")"
-                              for _, r in sig.iterrows())
-            out.append(f"After Holm correction across {fam}, {len(sig)} of these {k} are significant at "
-                       f"α = {stats.ALPHA}: {items}"
-                       + (f" — {'each' if all_few else f'those marked {FEW}'} from fewer than {stats.MIN_UNITS} run "
-                          f"pairs, so read the intervals as rough" if sig["few_units"].any() else "") + ".")
+        if k == 1:
+            effect = f"{lo['mean_diff']:+.3f} ({_where(lo)}; 95% CI {ci_text(lo)})"
         else:
-            tail = ""
-            if g["no_variation"].all():
-                tail = " (no comparison shows any variation: the two conditions made the same predictions)"
-            elif hier:
-                if g["few_units"].all():
-                    tail = (f" (each rests on fewer than {stats.MIN_UNITS} run pairs; more seeds or host pairs are "
-                            f"needed to narrow the intervals)")
-            else:
-                nz = int((g["n"] - g["ties"]).max())
-                floor = stats.min_wilcoxon_p(nz) if nz > 0 else math.nan
-                if nz == 0:
-                    tail = " (every pair is tied)"
-                elif floor * max(family, 1) >= stats.ALPHA:
-                    tail = (f" (with at most {nz} non-tied pairs per comparison the smallest possible Wilcoxon p is "
-                            f"{floor:.3g}, too large to survive Holm correction over {family} comparisons; "
-                            f"more seeds are needed to detect a difference)")
-            out.append(f"None of these {k} differences is significant at α = {stats.ALPHA} after Holm correction across "
-                       f"{fam}{tail}.")
-        regs = sorted(int(r) for r in g["regime"].unique())
-        if a == "ported" and b == "scratch" and len(regs) > 1:
-            first = g[g["regime"] == regs[0]]["mean_diff"].mean()
-            last = g[g["regime"] == regs[-1]]["mean_diff"].mean()
-            out.append(f"Averaged over techniques, the {a} − {b} difference is {first:+.3f} at "
-                       f"{regime_label(regs[0])} and {last:+.3f} after {regs[-1]} steps.")
-    return " ".join(out)
+            effect = (f"{'by' if lo['mean_diff'] > 0 else 'from'} {lo['mean_diff']:+.3f} ({_where(lo)}; 95% CI "
+                      f"{ci_text(lo)}) to {hi['mean_diff']:+.3f} ({_where(hi)}; {ci_text(hi)})")
+        sig = (g["p_holm"] < stats.ALPHA).to_numpy()
+        n_sig = int(sig.sum())
+        if k == 1:
+            holm = (f"survives Holm (p_Holm {fmt_p_eq(g['p_holm'].iloc[0], at_floor(g.iloc[0]))})" if n_sig
+                    else "does not survive Holm")
+        elif n_sig in (0, k):
+            holm = f"all {k} survive Holm" if n_sig else "none survives Holm"
+        elif n_sig <= k - n_sig:
+            holm = f"{n_sig} of {k} survive{'s' if n_sig == 1 else ''} Holm ({'; '.join(_where(r) for _, r in g[sig].iterrows())})"
+        else:
+            holm = f"{n_sig} of {k} survive{'s' if n_sig == 1 else ''} Holm (all but {'; '.join(_where(r) for _, r in g[~sig].iterrows())})"
+        what = measures(a, b)
+        lines.append(f"**{a} − {b}** ({m})" + (f" — {what}" if what else "") + ": "
+                     + (f"{effect}" if k == 1 else f"{a} higher in {up} of {k} technique × budget comparisons, {effect}")
+                     + f"; {holm}.")
+    return lines, _notes(pooled, usable, family)
+
+
+def _notes(pooled: pd.DataFrame, usable: pd.DataFrame, family: int) -> str:
+    notes = [f"Holm across the {family} comparisons of the table below (α = {stats.ALPHA})." if family else
+             "No comparison has a p-value, so there is no Holm family."]
+    method = str(usable["method"].iloc[0])
+    flagged = usable[[few(r) for _, r in usable.iterrows()]]
+    if method == "two-level t":
+        if len(flagged):
+            notes.append(f"{FEW} coverage unreliable: the interval rests on one seed-level degree of freedom (2 seeds "
+                         f"per host direction and dataset), so its seed part uses t(1) = 12.7 standard errors. It is "
+                         f"honest only as far as seed effects are roughly normal (the coverage simulation in "
+                         f"BENCHMARKS.md measures it), and wide: 3 seeds (t = 4.3) or 5 (t = 2.8) narrow it most.")
+        none = usable[usable["ci_low"].isna() & ~usable["no_variation"].astype(bool)]
+        if (none["seed_df"] == 0).any():
+            notes.append("No interval (one seed): one seed per host direction and dataset, so seed-to-seed variation "
+                         "cannot be estimated.")
+        if (none["seed_df"] > 0).any():
+            notes.append("No interval (variance estimated as 0): the run pairs' mean differences tie across seeds and "
+                         "no example-level spread is left, which says nothing about the spread of another seed.")
+    elif len(flagged):
+        notes.append(f"{FEW} fewer than {stats.MIN_UNITS} run pairs: read the interval as rough.")
+    if method == "hierarchical bootstrap" and any(at_floor(r) for _, r in usable.iterrows()):
+        floor = float(usable["p_floor"].dropna().iloc[0])
+        notes.append(f"A p at the bootstrap's floor ({floor:.2g}: no resample crossed 0) is shown as < {floor:.2g}, "
+                     f"and its Holm adjustment as an upper bound too.")
+    if usable["no_variation"].all():
+        notes.append("No comparison shows any variation: the two conditions made the same predictions.")
+    if method == "wilcoxon" and not (usable["p_holm"] < stats.ALPHA).any():
+        nz = int((usable["n"] - usable["ties"]).max())
+        floor = stats.min_wilcoxon_p(nz) if nz > 0 else math.nan
+        if nz == 0:
+            notes.append("Every pair is tied.")
+        elif floor * max(family, 1) >= stats.ALPHA:
+            notes.append(f"With at most {nz} non-tied pairs per comparison the smallest possible Wilcoxon p is "
+                         f"{floor:.3g}, too large to survive Holm correction over {family} comparisons; more seeds "
+                         f"are needed to detect a difference.")
+    return " ".join(notes)
 
 
 def learn_sentence(learned: pd.DataFrame) -> str:

@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import stats
+from .comparisons import comparisons
 from .document import Doc, cell_text
-from .prose import is_hierarchical, summary_paragraph
+from .figures import SEED_POINTS
+from .prose import headlines, status_line
+from .sweepdata import SweepData
 from .tables import (
-    FEW,
     HOST_COLS,
     LEARN_MARGIN,
     METRICS,
     ONE_CLASS,
     RANKS_AUC,
     TABLE_METRICS,
-    fmt_p,
     fmt_row,
     glance_stage2,
     is_na,
     ordered,
     pair_label,
     pivot_stage2,
-    regime_label,
     trace_sql,
 )
-
-if TYPE_CHECKING:
-    from .report import SweepData
 
 SAMPLE_TOL = 0.05  # sampled tensors' mean/std may deviate from the target by this fraction of its std
 
@@ -50,21 +45,26 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
              f"All {len(d.runs)} planned runs have results."))
 
     doc.h(2, "Summary")
-    doc.p(summary_paragraph(d, pooled, metric, extra["did_it_learn"]))
+    doc.p(status_line(d, extra["did_it_learn"]))
+    lines, note = headlines(pooled, metric)
+    if lines:
+        doc.ul(lines)
+    doc.p(note)
 
     _learned(doc, extra["did_it_learn"])
-    _comparisons(doc, d, pooled, by_dir, metric, n_boot, seed)
+    comparisons(doc, d, pooled, by_dir, metric, n_boot, seed)
     _retention(doc, extra["retention"])
 
     doc.h(2, "Figures")
-    captions = {"bars": "Grouped bars: mean {m} per technique and condition, 95% t-CI over seeds, per host direction "
-                        "(rows) and budget (columns)",
+    captions = {"bars": "Grouped bars: mean {m} per technique and condition over seeds, per host direction (rows) and "
+                        "budget (columns); each seed's run as a point where a cell has fewer than "
+                        f"{SEED_POINTS} seeds, else whiskers of the 95% t-CI over seeds",
                 "budget": "{m} against the further-training budget per condition (zero-shot at 0); dashed: the module "
                           "on its origin host",
                 "heatmap": "Mean paired difference by technique and host direction, one panel per budget",
                 "drift": "Zero-shot retention (ported accuracy on the receiving host / the module's accuracy on its "
                          "origin host; mean and range over seeds) against the receiving host's linear CKA to the "
-                         "origin; solid: ported, dotted: head-only"}
+                         "origin; solid: ported, dotted: no-module"}
     for f in figures:
         kind = f.stem.split("_")[0]
         cap = captions[kind].format(m=m)
@@ -125,82 +125,12 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
         ("stats_by_direction.csv", "paired comparisons per host direction (the heatmaps)"),
         ("pairs.csv", "every matched pair with both run ids and its difference (with predictions: paired examples, "
                       "discordant counts, McNemar p)"),
-        ("retention.csv", "zero-shot retention of ported and head-only runs, with run ids"),
+        ("retention.csv", "zero-shot retention of ported and no-module runs, with run ids"),
         ("did_it_learn.csv", "stage-1 accuracy vs the majority class, AUC, verdict counts"),
         ("class_balance.csv", "class-1 share of train and eval, majority-class accuracy, per dataset"),
         ("hosts.csv", "each host's pooling and its distance from its base (from hosts.json)"),
         ("missing_runs.csv", "planned runs without a result (state missing or failed)"))])
     return doc
-
-
-def _comparisons(doc: Doc, d: SweepData, pooled: pd.DataFrame, by_dir: pd.DataFrame, metric: str, n_boot: int,
-                 seed: int) -> None:
-    m = METRICS[metric]
-    doc.h(2, "Paired comparisons")
-    family = int(pooled["p"].notna().sum()) if len(pooled) else 0
-    if is_hierarchical(pooled):
-        lacking = int(pooled["pairs_without_preds"].sum())
-        doc.p(f"Each run pair is two runs that differ only in condition: same technique, host direction, dataset, "
-              f"budget and seed; within a pair the two runs are compared example by example on the same eval "
-              f"examples. Each row pools, for one technique at one budget, its run pairs **over host directions, "
-              f"datasets and seeds**. a − b: the mean over run pairs of the difference in {m}. 95% CI: percentile "
-              f"interval of a two-level bootstrap ({n_boot} resamples, seed {seed}): run pairs drawn with replacement, "
-              f"then examples within each drawn pair (the same examples for a and b). p: two-sided bootstrap p-value "
-              f"(twice the smaller share of resampled differences at or beyond 0, +1-corrected, so never 0). p_Holm: "
-              f"Holm's step-down correction across the {family} comparisons of this table. McNemar: in how many of "
-              f"the run pairs a is better at p < {stats.ALPHA} (exact McNemar test on the examples only one of the two runs "
-              f"got right; per pair, uncorrected); after the semicolon, how many favour b."
-              + (f" {lacking} run pair(s) lack per-example predictions for one of their runs (older or failed "
-                 f"prediction files) and are left out." if lacking else ""))
-    else:
-        why = ("this sweep has no per-example predictions (`predictions.parquet`: made by an earlier version)"
-               if d.preds is None else f"{m} has no per-example decomposition")
-        doc.p(f"Run-level comparisons, because {why}: each pair is two runs that differ only in condition (same "
-              f"technique, host direction, dataset, budget and seed), one number per run; rows pool the pairs over "
-              f"host directions, datasets and seeds. Differences are a − b in {m}. CI: percentile bootstrap over "
-              f"pairs ({n_boot} resamples, seed {seed}); p: two-sided Wilcoxon signed-rank test (zero differences "
-              f"dropped); p_Holm: Holm's step-down correction across the {family} comparisons of this table. W/L/T: "
-              f"pairs where a is better / worse / tied.")
-    doc.table(*_stats_rows(pooled, ["technique", "regime"]))
-    doc.p(f"Per host direction (pooled over datasets and seeds; Holm across these {len(by_dir)} comparisons, a "
-          f"separate family): see `tables/stats_by_direction.csv` and the heatmaps below.")
-
-
-def _stats_rows(comp: pd.DataFrame, by: list[str]):
-    hier = is_hierarchical(comp)
-    header = ["comparison", *["budget" if b == "regime" else b.replace("_", " ") for b in by], "run pairs",
-              *(["examples"] if hier else []), "mean a", "mean b", "a − b", "95% CI", "p", "p_Holm",
-              "McNemar: pairs favouring a" if hier else "W/L/T", "flag"]
-    rows = []
-    for _, r in comp.iterrows():
-        keys = [regime_label(r[b]) if b == "regime" else pair_label(r[b]) for b in by]
-        if r["n"] == 0 or is_na(r["mean_diff"]):
-            rows.append([r["contrast"], *keys, 0, *(["—"] if hier else []), "—", "—", "—", "—", "—", "—", "—",
-                         "no pairs with predictions"])
-            continue
-        ci = "no variation" if r["no_variation"] else "—" if is_na(r["ci_low"]) else \
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        sig = " *" if r["p_holm"] < stats.ALPHA else ""
-        if hier:
-            tail = f"; {r['mcnemar_favour_b']} favour {r['b']}" if r["mcnemar_favour_b"] else ""
-            last = f"{r['mcnemar_favour_a']} of {r['mcnemar_n']}{tail}"
-        else:
-            last = f"{r['wins']}/{r['losses']}/{r['ties']}"
-        rows.append([r["contrast"], *keys, int(r["n"]), *([f"{int(r['n_examples']):,}"] if hier else []),
-                     f"{r['mean_a']:.3f}", f"{r['mean_b']:.3f}", f"{r['mean_diff']:+.3f}", ci,
-                     "—" if r["no_variation"] else fmt_p(r["p"]), fmt_p(r["p_holm"]) + sig, last,
-                     FEW if r["few_units"] else ""])
-    notes = []
-    if len(comp):
-        notes.append(f"A star (*) after p_Holm marks p_Holm < {stats.ALPHA}.")
-        if comp["few_units"].any():
-            notes.append(f"{FEW} fewer than {stats.MIN_UNITS} run pairs behind the interval: resampling so few units "
-                         f"gives an interval that is likely too narrow; read it as rough.")
-        if comp["no_variation"].any():
-            notes.append("no variation: every resample gave the same difference (e.g. both conditions predict the "
-                         "same class on every example); such a comparison is no finding, gets no p-value and is not "
-                         "in the Holm family.")
-    return header, rows, " ".join(notes) if notes else "No pairs yet."
 
 
 def _learned(doc: Doc, learned: pd.DataFrame) -> None:
@@ -226,20 +156,20 @@ def _retention(doc: Doc, ret: pd.DataFrame) -> None:
     if ret.empty:
         doc.p("No ported zero-shot run with a finished stage-1 module yet.")
         return
-    head = (ret["condition"] == "head-only").any()
+    head = (ret["condition"] == "no-module").any()
     doc.p("Zero-shot accuracy of the ported module on the receiving host divided by the accuracy of the same stage-1 "
           "module (matched on `origin_run`) on its origin host: mean [min–max] (runs), per technique and host "
           "direction. 1 = everything kept; with a balanced eval set a module at chance keeps about 0.5 / its origin "
           "accuracy, so compare with the majority-class accuracy under “Class balance”."
-          + (" Head-only: the receiving host with no PEFT module and only the ported classification head — how much "
-             "of the ported accuracy the head alone carries." if head else ""))
+          + (" No-module: the bare receiving host (with the ported head under `head: trained`) — how much of the "
+             "ported accuracy is there without the module." if head else ""))
     rows = []
     for (tech, hp), g in ret.groupby(["technique", "host_pair"], sort=True):
         row = [tech, pair_label(hp)]
-        for cond in ("ported", "head-only") if head else ("ported",):
+        for cond in ("ported", "no-module") if head else ("ported",):
             x = g[g["condition"] == cond]
             if not len(x):
-                row += ["—", "—"] if cond == "head-only" else ["—", "—", "—"]
+                row += ["—", "—"] if cond == "no-module" else ["—", "—", "—"]
                 continue
             x = x.iloc[0]
             if cond == "ported":
@@ -248,7 +178,7 @@ def _retention(doc: Doc, ret: pd.DataFrame) -> None:
                                         f"({int(x['n'])})"]
         rows.append(row)
     header = ["technique", "host direction", "origin accuracy (stage 1)", "ported zero-shot", "retention (ported)",
-              *(["head-only zero-shot", "retention (head only)"] if head else [])]
+              *(["no-module zero-shot", "retention (no module)"] if head else [])]
     doc.table(header, rows)
 
 
@@ -359,11 +289,11 @@ def _sanity(doc: Doc, d: SweepData, cells2: pd.DataFrame) -> None:
     items = []
     for cond, what in (("ported", "ported tensors bit-equal to the origin module"),
                        ("sampled", "sampled tensors loaded bit-exactly"),
-                       ("head-only", "ported head bit-equal to the origin module's head")):
+                       ("no-module", "ported head bit-equal to the origin module's head (head: trained)")):
         g = done[done["condition"] == cond]
-        if not len(g):
-            continue
         pe = g["port_exact"] if "port_exact" in g else pd.Series([None] * len(g))
+        if not len(g) or (cond == "no-module" and not pe.notna().any()):  # head-free: no head, nothing ported
+            continue
         n_true = int((pe == True).sum())  # noqa: E712 - object column with None
         n_false = int((pe == False).sum())  # noqa: E712
         verdict = "**OK**" if n_true == len(g) else "**FAILED**" if n_false else "**not recorded for all runs**"
@@ -372,7 +302,7 @@ def _sanity(doc: Doc, d: SweepData, cells2: pd.DataFrame) -> None:
     s1 = d.runs[(d.runs["stage"] == 1) & (d.runs["state"] == "done")]
     if "origin_module_sha256" in done and "module_sha256" in s1:
         sha = dict(zip(s1["run_id"], s1["module_sha256"]))
-        g = done[done["condition"].isin(["ported", "sampled", "head-only"])]
+        g = done[done["condition"].isin(["ported", "sampled", "no-module"]) & done["needs"].notna()]
         ok = sum(1 for n, s in zip(g["needs"], g["origin_module_sha256"]) if n in sha and sha[n] == s)
         bad = sum(1 for n, s in zip(g["needs"], g["origin_module_sha256"]) if n in sha and not is_na(s) and sha[n] != s)
         items.append(f"loaded module = the stage-1 module it names (sha256): {ok} match, {bad} differ, "

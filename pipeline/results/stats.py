@@ -5,10 +5,16 @@ numbers with known answers.  The module imports numpy only; scipy and pandas are
 imported inside the functions that need them.  ``auc`` lives in :mod:`pipeline.metrics`
 (the run side computes it too) and is re-exported here.
 
-Longer than most modules (~470 lines) on purpose: the hierarchical bootstrap, the run-level
+Longer than most modules (~480 lines) on purpose: the hierarchical bootstrap, the run-level
 fallback and the Holm family they share are one piece of statistics, read and tested together.
 
-**Primary test, when per-example predictions exist** (``hierarchical_compare``):
+The report's interval is no longer here: :mod:`pipeline.results.intervals` (a two-level t interval whose
+coverage :mod:`pipeline.results.coverage` measures).  The two-level bootstrap below was the report's interval
+before; it covers 0.73-0.94 instead of 0.95 at 2-5 seeds (BENCHMARKS.md, figures 7a-7f) and stays as the
+coverage bench's baseline and as ``report.build(interval="bootstrap")``; its p at the resampling floor
+(``boot_floor``) is printed as "< floor".
+
+**The bootstrap comparison, when per-example predictions exist** (``hierarchical_compare``):
 two conditions, e.g. ported and scratch, are matched run by run on everything
 else that defines a run -- technique, host pair, dataset, budget (regime) and
 seed -- and, within a matched pair of runs, example by example (both runs
@@ -228,13 +234,18 @@ class Predictions:
 
     def paired(self, run_a: str, run_b: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Correctness of both runs on the examples both scored (aligned by example id), or None."""
+        got = self.paired_ids(run_a, run_b)
+        return None if got is None else got[1:]
+
+    def paired_ids(self, run_a: str, run_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(example ids, correctness of a, of b) on the examples both runs scored, sorted by id; or None."""
         if run_a not in self.by_run or run_b not in self.by_run:
             return None
         (ea, ca), (eb, cb) = self.by_run[run_a], self.by_run[run_b]
         if len(ea) == len(eb) and np.array_equal(ea, eb):
-            return ca, cb
-        _, ia, ib = np.intersect1d(ea, eb, assume_unique=True, return_indices=True)
-        return ca[ia], cb[ib]
+            return ea, ca, cb
+        ids, ia, ib = np.intersect1d(ea, eb, assume_unique=True, return_indices=True)
+        return ids, ca[ia], cb[ib]
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,6 +284,12 @@ def prediction_pairs(df, preds: Predictions, a: str, b: str, keys: Sequence[str]
     return pd.concat([m, extra], axis=1)
 
 
+def boot_floor(n_boot: int) -> float:
+    """The smallest two-sided bootstrap p with the +1 correction: ``2 / (n_boot + 1)`` (no resample beyond 0).
+    A p at this floor says only "p < floor": the report prints it so, and its Holm adjustment likewise."""
+    return 2 / (n_boot + 1)
+
+
 def hierarchical_compare(df, preds: Predictions, contrasts: Sequence[tuple[str, str]], by: Sequence[str],
                          n_boot: int = 10_000, seed: int = 0, level: float = 0.95,
                          keys: Sequence[str] = PAIR_KEYS, alpha: float = ALPHA):
@@ -282,7 +299,8 @@ def hierarchical_compare(df, preds: Predictions, contrasts: Sequence[tuple[str, 
     ``df`` holds the done stage-2 runs (condition, run_id and ``keys``).  Run pairs are matched on
     all of ``keys``; ``by`` decides which are pooled into one comparison.  Columns: contrast, a, b,
     the ``by`` columns, n (run pairs with predictions for both runs), n_examples, pairs_without_preds,
-    mean_a, mean_b, mean_diff, ci_low, ci_high, p_boot, p (= p_boot, NaN without variation), p_holm,
+    mean_a, mean_b, mean_diff, ci_low, ci_high, p_boot, p (= p_boot, NaN without variation), p_floor
+    (:func:`boot_floor`), p_holm,
     mcnemar_n, mcnemar_favour_a, mcnemar_favour_b, few_units, no_variation, method.  Each bootstrap
     is seeded from ``seed`` and the comparison's name, so adding a comparison changes no other.
     """
@@ -304,10 +322,11 @@ def hierarchical_compare(df, preds: Predictions, contrasts: Sequence[tuple[str, 
                          "n_examples": r["n_examples"], "pairs_without_preds": len(g) - len(units),
                          "mean_a": r["mean_a"], "mean_b": r["mean_b"], "mean_diff": r["mean_diff"],
                          "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_boot": r["p"], "p": r["p"],
+                         "p_floor": boot_floor(n_boot),
                          **mcnemar_summary(units, alpha), "few_units": r["few_units"],
                          "no_variation": r["no_variation"], "method": "hierarchical bootstrap"})
     cols = ["contrast", "a", "b", *by, "n", "n_examples", "pairs_without_preds", "mean_a", "mean_b", "mean_diff",
-            "ci_low", "ci_high", "p_boot", "p", "p_holm", "mcnemar_n", "mcnemar_favour_a", "mcnemar_favour_b",
+            "ci_low", "ci_high", "p_boot", "p", "p_floor", "p_holm", "mcnemar_n", "mcnemar_favour_a", "mcnemar_favour_b",
             "few_units", "no_variation", "method"]
     out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"])
     out.insert(cols.index("p_holm"), "p_holm", holm(out["p"].to_numpy(float)) if len(out) else [])

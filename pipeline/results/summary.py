@@ -10,7 +10,7 @@ from collections import Counter
 
 from rich.table import Table
 
-from ..spec import CONDITIONS
+from ..conditions import NAMES as CONDITIONS
 
 
 def print_summary(console, sweep, merge_result) -> None:
@@ -37,6 +37,9 @@ def print_summary(console, sweep, merge_result) -> None:
                           WHERE stage = 2 GROUP BY ALL ORDER BY ALL""", path).fetchall()
     if not rows:
         return
+    from .sweepdata import OLD_NAMES  # an older sweep's head-only is the no-module control
+
+    rows = [(t, OLD_NAMES.get(c, c), reg, n, acc) for t, c, reg, n, acc in rows]
     conds = sorted({r[1] for r in rows}, key=lambda c: (CONDITIONS.index(c) if c in CONDITIONS
                                                         else len(CONDITIONS), str(c)))
     regimes = sorted({r[2] for r in rows})

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ..spec import CONDITIONS
+from ..conditions import NAMES as CONDITIONS
 from . import stats
-
-if TYPE_CHECKING:
-    from .report import SweepData
+from .sweepdata import SweepData
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}  # metrics of the figures and paired statistics
 TABLE_METRICS = {**METRICS, "auc": "AUC"}  # metrics of the cell tables
 LEARN_MARGIN = 0.02  # accuracy this far above the majority class counts as learned
 RANKS_AUC = 0.6  # AUC at or above this, with one class predicted: "ranks but predicts one class"
 ONE_CLASS = 0.02  # a predicted class-1 share within this of 0 or 1 counts as predicting one class
-FEW = "‡"  # marks an interval from fewer than stats.MIN_UNITS run pairs
+FEW = "‡"  # marks an interval resting on too few seeds (or, bootstrap and run-level, too few run pairs)
 
 
 def is_na(v) -> bool:
@@ -31,16 +28,33 @@ def is_na(v) -> bool:
         return False
 
 
-def fmt_p_eq(p) -> str:
-    """'= 0.012' or '< 0.001' (for prose)."""
-    s = fmt_p(p)
-    return s.replace("<", "< ") if s.startswith("<") else f"= {s}"
+def fmt_p_eq(p, bound: bool = False) -> str:
+    """'= 0.012', '< 0.001', or '< 0.0002' for a p that is only bounded (for prose)."""
+    s = fmt_p(p, bound)
+    return s if s.startswith("<") else f"= {s}"
 
 
-def fmt_p(p) -> str:
+def fmt_p(p, bound: bool = False) -> str:
+    """A p-value: 3 decimals, '< 0.001' below that; with ``bound`` (p at its resampling floor, or the Holm
+    adjustment of one) '< p', as only an upper bound is known."""
     if is_na(p):
         return "—"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if bound:
+        return f"< {float(p):.2g}" if p < 0.01 else f"< {float(p):.3f}"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def at_floor(r) -> bool:
+    """Is this comparison's p at the resampling floor (so p and its Holm adjustment are upper bounds)?"""
+    floor, p = r.get("p_floor", math.nan), r.get("p", math.nan)
+    return not is_na(floor) and not is_na(p) and p <= floor * (1 + 1e-9)
+
+
+def few(r) -> bool:
+    """The flag behind FEW: too few seeds for the two-level interval, too few run pairs for the others."""
+    if r.get("method") == "two-level t":
+        return bool(r.get("few_seeds", False))
+    return bool(r.get("few_units", False))
 
 
 def ordered(values, order=()) -> list:
@@ -138,13 +152,13 @@ RETENTION_COLS = ["technique", "host_pair", "condition", "n", "origin_accuracy",
 
 def retention_table(d: SweepData) -> pd.DataFrame:
     """Zero-shot accuracy on the receiving host / accuracy of the same stage-1 module on its origin host
-    (matched on ``origin_run``), for ported and head-only runs, per technique and host direction."""
+    (matched on ``origin_run``), for ported and no-module runs, per technique and host direction."""
     runs = d.runs
     if "origin_run" not in runs:
         return pd.DataFrame(columns=RETENTION_COLS)
     s1 = runs[(runs["stage"] == 1) & (runs["state"] == "done")].set_index("run_id")["accuracy"]
     s2 = runs[(runs["stage"] == 2) & (runs["state"] == "done") & (runs["regime"] == 0)
-              & runs["condition"].isin(["ported", "head-only"])]
+              & runs["condition"].isin(["ported", "no-module"])]
     s2 = s2.assign(origin_accuracy=s2["origin_run"].map(s1)).dropna(subset=["origin_accuracy", "accuracy"])
     s2 = s2[s2["origin_accuracy"] > 0]
     rows = []
