@@ -41,6 +41,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .devices import gpu_count
+
 PEAK_TFLOPS = 312.0  # NVIDIA A100, dense bf16 tensor-core peak
 MFU = 0.40  # assumed sustained fraction of peak
 SUSTAINED_TFLOPS = PEAK_TFLOPS * MFU
@@ -274,7 +276,7 @@ def print_cost(console, spec, plan) -> None:
                   "See pipeline/cost.py.")
     for stage, st in est.stages.items():
         res = spec.resources.stage1 if stage == 1 else spec.resources.stage2
-        if res.gpus == 0:
+        if gpu_count(res) == 0:
             console.print(f"  [yellow]stage {stage} asks for no GPU: these figures assume one; on CPUs the compute "
                           "part takes ~100x longer[/yellow]")
         if res.pack_size and st.longest_run_s * res.pack_size > res.time_min * 60 * PACK_TIME_SHARE:

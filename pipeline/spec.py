@@ -76,8 +76,10 @@ class Training(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU stage, else fp32 (plan.resolve_precision)
     checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
+    # frozen host weights: fp32 (master weights) or bf16 (half the memory on a GPU; needs bf16 precision)
+    frozen_dtype: Literal["fp32", "bf16"] = Field(default="fp32", exclude_if=lambda v: v == "fp32")
 
 
 class Resources(_Strict):
@@ -85,6 +87,8 @@ class Resources(_Strict):
     account: str | None = None
     qos: str | None = None
     gpus: int = Field(default=0, ge=0, description="0 or 1: a run uses at most one GPU")
+    # how sbatch is asked for the GPU: --gpus-per-node=N (select/cons_tres) or --gres=gpu:N (sites on cons_res)
+    gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"
     cpus: int = Field(default=2, gt=0)
     mem_gb: float = Field(default=8, gt=0)
     time_min: int = Field(default=60, gt=0)
