@@ -248,7 +248,7 @@ def test_the_step_loss_is_read_in_batches_not_every_step(models_dir, monkeypatch
                   acc=T.accelerator(T.Device("cpu", "fp32")))
     assert not reads  # no loss.item() in the step loop
     assert [s for s, _, _ in logged] == list(range(1, steps + 1))  # every step still logged, with its own lr
-    assert logged[0][2] < logged[1][2]  # warmup: the lr of each step, not the lr at the time of reading
+    assert logged[0][2] < logged[1][2]  # warmup: each step's own lr, not the lr at the time of reading
     assert out["train_loss"] == pytest.approx(sum(v for _, v, _ in logged[-10:]) / 10, rel=1e-12)
 
 

@@ -140,10 +140,13 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def accelerator(dev: Device, trackers=()):
-    """A fresh Accelerator for one run on ``dev`` (accelerate's state from an earlier run is reset first)."""
+def accelerator(dev: Device | str, trackers=()):
+    """A fresh Accelerator for one run on ``dev`` (accelerate's state from an earlier run is reset first);
+    a precision name instead of a Device: resolved here, as for a plan without a device (benches, tests)."""
     from accelerate import Accelerator
 
+    if isinstance(dev, str):
+        dev = resolve_device(None, dev)
     reset_accelerate()
     return Accelerator(cpu=dev.kind == "cpu", mixed_precision="no" if dev.precision == "fp32" else dev.precision,
                        log_with=list(trackers) or None)
@@ -302,9 +305,9 @@ def train(model, task: Task, texts, labels, *, steps: int, lr: float, cfg, seed:
             acc.backward(loss)
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            groups = [{"name": g.get("name", "module"), "lr": g["lr"]} for g in opt.param_groups]  # lr of this step
             opt.step()
             sched.step()
+            groups = [{"name": g.get("name", "module"), "lr": g["lr"]} for g in opt.param_groups]  # as logged before
             opt.zero_grad(set_to_none=True)
             step += 1
             seen += len(b)
