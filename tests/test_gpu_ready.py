@@ -1,7 +1,8 @@
 """Ready for the first GPU run (issue 20), checked on CPU: accelerate's CPU bf16 path goes through the
 same autocast wrapper as on a GPU, and a mocked ``torch.cuda`` stands in where a device is needed.
 
-`make gpu-check` runs this file on a real device when one is at hand (the mocks then still apply).
+On a real GPU node the file runs as it is (the mocks still apply); a ``make gpu-check`` target that runs
+the unmocked checks on a device is left to the issue on decoder hosts.
 """
 
 import gc
