@@ -41,12 +41,32 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .devices import gpu_count
+
 PEAK_TFLOPS = 312.0  # NVIDIA A100, dense bf16 tensor-core peak
 MFU = 0.40  # assumed sustained fraction of peak
 SUSTAINED_TFLOPS = PEAK_TFLOPS * MFU
 RUN_OVERHEAD_S = 15.0  # per run (a run holds one GPU)
 TARGET_TOKENS = 2  # text-to-text target: label word + </s>
 PACK_TIME_SHARE = 0.5  # a pack of runs should fit in this share of its task's time limit (launch.layout too)
+
+# GPU memory of one run (``run_memory``), from a CPU-side count of what autograd keeps for the backward pass of a
+# LoRA-wrapped T5 v1.1 under bf16 autocast (tests/test_gpu_ready.py::test_memory_model_matches_a_measured_count):
+# activations per input token and layer ~ 36.7 B x d_model + 14.2 B x d_ff + 12.2 B x heads x sequence length,
+# about 1.3x that in fp32; autocast's bf16 copy of every frozen matmul weight lives until the backward pass (~2 B a
+# parameter); trainable parameters cost 16 B (fp32 weight, grad, two Adam moments).  T5-large at 32 x 128 tokens:
+# 3.1 GB fp32 weights + 1.6 GB bf16 copies + 32 x 0.32 GB activations + 0.5 GB CUDA context ~ 15 GB.
+ACT_BYTES = (36.7, 14.2, 12.2)  # per token and layer: per d_model, per d_ff, per head x token of the sequence
+ACT_FP32 = 1.3
+CUDA_CONTEXT_GB = 0.5  # CUDA context, cuBLAS workspace, allocator slack (not measurable on CPU; typical)
+# (d_model, d_ff, heads, layers) of hub hosts without a local config.json
+KNOWN_SHAPES: dict[str, tuple[int, int, int, int]] = {
+    **{f"google/{f}-{s}": shape for f in ("t5-v1_1", "flan-t5") for s, shape in (
+        ("small", (512, 1024, 6, 8)), ("base", (768, 2048, 12, 12)), ("large", (1024, 2816, 16, 24)),
+        ("xl", (2048, 5120, 32, 24)), ("xxl", (4096, 10240, 64, 24)))},
+    **{f"{p}t5-{s}": shape for p in ("", "google-t5/") for s, shape in (
+        ("small", (512, 2048, 8, 6)), ("base", (768, 3072, 12, 12)), ("large", (1024, 4096, 16, 24)))},
+}
 
 # Parameter counts of hosts a spec may name by hub name (checked against the published configs).
 KNOWN_PARAMS: dict[str, int] = {
@@ -156,6 +176,37 @@ def host_params(model: str, models_dir: Path | str = "models") -> tuple[int | No
     if model in KNOWN_PARAMS:
         return KNOWN_PARAMS[model], "built-in table"
     return None, "unknown (not a local folder, not in the built-in table)"
+
+
+def host_shape(model: str, models_dir: Path | str = "models") -> tuple[int, int, int, int] | None:
+    """(d_model, d_ff, heads, layers) of a host from its config.json (T5- or BERT-shaped), else the table."""
+    folder = _local_folder(model, Path(models_dir))
+    if folder is not None:
+        try:
+            c = json.loads((folder / "config.json").read_text())
+            if "d_model" in c:
+                return c["d_model"], c["d_ff"], c["num_heads"], c["num_layers"]
+            return c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_hidden_layers"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return KNOWN_SHAPES.get(model)
+
+
+def run_memory(n_params: int, shape: tuple[int, int, int, int], training: dict, trainable: int = 5_000_000
+               ) -> dict[str, float]:
+    """Peak GPU memory of one training run in GB, by part (see the constants above): frozen weights, autocast's
+    bf16 copies, trainable state, activations, CUDA context; ``total``."""
+    d, ff, heads, layers = shape
+    L, batch = training["max_length"], training.get("batch_size", 0)
+    bf16 = training.get("precision") in ("bf16", "auto")
+    frozen_bf16 = training.get("frozen_dtype") == "bf16"
+    per_token = (ACT_BYTES[0] * d + ACT_BYTES[1] * ff + ACT_BYTES[2] * heads * L) * (1 if bf16 else ACT_FP32)
+    parts = {"weights": n_params * (2 if frozen_bf16 else 4) / 1e9,
+             "bf16_copies": n_params * 2 / 1e9 if bf16 and not frozen_bf16 else 0.0,
+             "trainable": trainable * 16 / 1e9,
+             "activations": batch * L * layers * per_token / 1e9,
+             "cuda_context": CUDA_CONTEXT_GB}
+    return {**parts, "total": sum(parts.values())}
 
 
 # --------------------------------------------------------------------------- estimate
@@ -268,13 +319,25 @@ def print_cost(console, spec, plan) -> None:
         share = est.by_host.get(model)
         console.print(f"  host {names.get(model, model)} = {model}: "
                       + (f"{n / 1e6:,.1f} M parameters ({src}); {_hours(share or 0)} GPU-h" if n else src))
+    for h in spec.hosts:  # the larger of the two stages' training settings
+        n, shape = est.hosts.get(h.model, (None, ""))[0], host_shape(h.model, spec.models_dir)
+        if not (n and shape):
+            continue
+        mems = []
+        for tr, res in ((spec.origin_training, spec.resources.stage1), (spec.further_training, spec.resources.stage2)):
+            p = "bf16" if tr.precision == "bf16" or (tr.precision == "auto" and gpu_count(res)) else "fp32"
+            mems.append((run_memory(n, shape, {**tr.model_dump(), "precision": p}), tr, p))
+        m, tr, p = max(mems, key=lambda x: x[0]["total"])
+        console.print(f"  host {h.name}: ~{m['total']:.1f} GB peak GPU memory a run at batch {tr.batch_size} x "
+                      f"{tr.max_length} tokens, {p} (weights {m['weights']:.1f} + bf16 copies {m['bf16_copies']:.1f} "
+                      f"+ activations {m['activations']:.1f} GB + CUDA context)", highlight=False)
     console.print(f"  assumed sustained throughput {SUSTAINED_TFLOPS:.0f} TFLOP/s = {MFU:.0%} of an A100's "
                   f"{PEAK_TFLOPS:.0f} TFLOP/s bf16 peak; + {RUN_OVERHEAD_S:.0f} GPU-s overhead per run; "
                   "tokens = max_length x batch x steps (an upper bound: batches are padded to their longest). "
                   "See pipeline/cost.py.")
     for stage, st in est.stages.items():
         res = spec.resources.stage1 if stage == 1 else spec.resources.stage2
-        if res.gpus == 0:
+        if gpu_count(res) == 0:
             console.print(f"  [yellow]stage {stage} asks for no GPU: these figures assume one; on CPUs the compute "
                           "part takes ~100x longer[/yellow]")
         if res.pack_size and st.longest_run_s * res.pack_size > res.time_min * 60 * PACK_TIME_SHARE:

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .conditions import CONDITIONS, FREE, TRAINED
+from .devices import device_kind
 from .errors import SpecError
 from .spec import Spec
 from .techniques.base import CLASSIFICATION, TRAINING_KEYS
 
 ID_LEN = 12
-EVAL_FIELDS = ("max_length", "precision")  # what a zero-shot run's result depends on of further_training
+EVAL_FIELDS = ("max_length", "precision", "device")  # what a zero-shot run's result depends on of further_training
 SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
 SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
@@ -223,6 +224,21 @@ def _formulation(spec: Spec, task: str) -> dict[str, Any]:
     return out
 
 
+def resolve_precision(training: dict[str, Any], resources, name: str, source: str = "<spec>") -> dict[str, Any]:
+    """A stage's training settings as hashed: ``precision: auto`` replaced by what its runs use (bf16 where the
+    stage's resources request a GPU, else fp32) and the device kind added (``device``: cuda/cpu), so a GPU-bf16
+    result and a CPU-fp32 one never share a run id (``resume`` cannot mix them).  The runner checks the
+    hardware against both and refuses what it cannot honour (pipeline.run.train.resolve_device)."""
+    device = device_kind(resources)
+    precision = training["precision"]
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    if training.get("frozen_dtype") == "bf16" and precision != "bf16":
+        raise SpecError(f"{source}: {name}.frozen_dtype: bf16 frozen weights need bf16 precision, and this stage "
+                        f"resolves to {precision} on {device} (request a GPU in its resources, or drop frozen_dtype)")
+    return {**training, "precision": precision, "device": device}
+
+
 def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: str = "<spec>") -> Plan:
     """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given.
     ``source`` (the spec's file) starts the message of a SpecError."""
@@ -233,8 +249,8 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     make_id = IdMaker()
     enc = make_id.encode
     conds = [(c, enc(c), CONDITIONS[c]) for c in spec.conditions]
-    ft = spec.further_training.model_dump()
-    ot = spec.origin_training.model_dump()
+    ft = resolve_precision(spec.further_training.model_dump(), spec.resources.stage2, "further_training", source)
+    ot = resolve_precision(spec.origin_training.model_dump(), spec.resources.stage1, "origin_training", source)
     settings1 = {k: ot[k] for k in SETTINGS}
     settings2 = {k: ft[k] for k in SETTINGS}
     ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}

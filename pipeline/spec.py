@@ -20,7 +20,7 @@ from . import techniques
 from .conditions import HEADS
 from .conditions import NAMES as CONDITIONS
 from .errors import SpecError
-from .specfile import _StrictLoader, read_yaml  # noqa: F401  (the YAML side of a spec; overrides use the loader)
+from .specfile import _format_loc, _StrictLoader, read_yaml  # noqa: F401  (the YAML side; overrides use these)
 from .techniques.base import TASKS, TRAINING_KEYS
 
 POOLINGS = ("mean", "cls", "pooler")  # how a classification host pools (pipeline.run.pooling); "auto" picks one
@@ -93,8 +93,9 @@ class Training(_Strict):
     weight_decay: Float = Field(default=0.0, ge=0)
     warmup_ratio: Float = Field(default=0.1, ge=0, lt=1)
     max_grad_norm: Float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU stage, else fp32 (plan.resolve_precision)
     checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
+    frozen_dtype: Literal["fp32", "bf16"] = Field(default="fp32", exclude_if=lambda v: v == "fp32")
 
 
 class Resources(_Strict):
@@ -102,6 +103,7 @@ class Resources(_Strict):
     account: str | None = None
     qos: str | None = None
     gpus: int = Field(default=0, ge=0, description="0 or 1: a run uses at most one GPU")
+    gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"  # --gpus-per-node=N (cons_tres) or --gres=gpu:N
     cpus: int = Field(default=2, gt=0)
     mem_gb: Float = Field(default=8, gt=0)
     time_min: int = Field(default=60, gt=0)
@@ -112,18 +114,17 @@ class Resources(_Strict):
 
     @field_validator("extra")
     @classmethod
-    def _scalar_extra(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for k, x in v.items():  # a list or mapping would land in the sbatch script as Python's repr
-            if not isinstance(x, (str, int, float, bool)):
-                raise _KeyError(k, f"must be a single value (text, number or true/false), got {x!r}")
+    def _scalar_extra(cls, v: dict[str, Any]) -> dict[str, Any]:  # a list or mapping would land in sbatch as repr
+        bad = next(((k, x) for k, x in v.items() if not isinstance(x, (str, int, float, bool))), None)
+        if bad:
+            raise _KeyError(bad[0], f"must be a single value (text, number or true/false), got {bad[1]!r}")
         return v
 
     @field_validator("gpus")
     @classmethod
     def _one_gpu(cls, v: int) -> int:
         if v > MAX_GPUS:
-            raise ValueError(f"multi-GPU per run is not supported: a run uses at most {MAX_GPUS} GPU; to use more "
-                             "GPUs run more runs at once (job arrays: array_parallelism, pack_size)")
+            raise ValueError("multi-GPU per run is not supported: one GPU a run; more GPUs run more runs at once (arrays)")
         return v
 
 
@@ -318,18 +319,6 @@ def _fields_of(model: type[BaseModel], loc: tuple) -> list[str]:
         args = getattr(ann, "__args__", ()) or ()
         cur = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(getattr(cur, "model_fields", {}) or [])
-
-
-def _format_loc(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not str(part).isidentifier():  # odd keys (spaces, control characters) shown quoted
-            out += f"[{str(part)!r}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
 
 
 def _renamed(errors: list[dict], loc: tuple) -> str:

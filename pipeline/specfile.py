@@ -115,3 +115,16 @@ def read_yaml(path: str | Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise SpecError(f"{p}: {where}invalid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def _format_loc(loc) -> str:
+    """A field path as the user wrote it: ``datasets[0].eval_size``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).isidentifier():  # odd keys (spaces, control characters) shown quoted
+            out += f"[{str(part)!r}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"

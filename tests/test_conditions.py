@@ -139,10 +139,11 @@ def test_head_free_scores_are_scaled_cosines_of_pooled_vectors_plus_bias(models_
     assert torch.allclose(got, want, atol=1e-4)
 
 
-def test_no_module_trains_nothing_under_free_and_the_head_under_trained(models_dir):
+def test_no_module_trains_nothing_under_free_and_the_head_under_trained(models_dir, stage1):
     for formulation, trainable in ((FREE, 0), (TRAINED, 1)):
         task = task_for(models_dir, formulation)
-        model, _ = prepare(cfg("lora", 2, "no-module"), task, host(models_dir, "tiny-bert-b", task))
+        folder = stage1["lora", formulation][0]
+        model, _ = prepare(cfg("lora", 2, "no-module"), task, host(models_dir, "tiny-bert-b", task), folder)
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert (n > 0) == bool(trainable)
         assert CONDITIONS["no-module"].trains(formulation) == bool(trainable)

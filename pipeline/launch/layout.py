@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cost import PACK_TIME_SHARE
+from ..devices import gpu_count
 
 TARGET_TASK_S = 600  # an estimated pack runs about this long ...
 MIN_TASK_S = 120  # ... and at least this long when there are runs enough (start-up costs 5-30 s)
@@ -43,7 +44,7 @@ def estimate_run_s(spec, stage: int) -> float:
     r = resources(spec, stage)
     tr = spec.origin_training if stage == 1 else spec.further_training
     steps = tr.steps if stage == 1 else sum(spec.regimes) / len(spec.regimes)
-    gpu = r.gpus > 0
+    gpu = gpu_count(r) > 0  # gpus, or a GPU asked for through extra (gres)
     step_s = tr.batch_size * tr.max_length * (2e-5 if gpu else 4e-4)
     eval_n = sum(d.eval_size for d in spec.datasets) / len(spec.datasets)
     eval_s = eval_n * tr.max_length * (5e-6 if gpu else 1e-4)
@@ -122,7 +123,9 @@ def sbatch_params(spec, stage: int, throttle: int | None = None, dependency: str
     p = {"job_name": job_name(spec, stage), "time": r.time_min, "cpus_per_task": r.cpus, "mem": _convert_mem(r.mem_gb),
          "signal_delay_s": signal_delay(r.time_min), "array_parallelism": throttle or r.array_parallelism,
          "setup": [f"export {k}={v}" for k, v in OFFLINE_ENV.items()]}
-    if r.gpus:
+    if r.gpus and r.gpu_request == "gres":  # sites on select/cons_res know only --gres
+        p["gres"] = f"gpu:{r.gpus}"
+    elif r.gpus:
         p["gpus_per_node"] = r.gpus
     for k in ("partition", "account", "qos", "constraint"):
         if getattr(r, k):

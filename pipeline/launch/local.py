@@ -2,19 +2,28 @@
 
 Locally, each stage runs in ``workers`` processes (torch threads shared out between
 them) that take runs from one shared list, stage 2 starts when stage 1 is finished,
-and a progress bar follows the shards as they land.
+and a progress bar follows the shards as they land.  A stage planned for a GPU
+(its resources request one) spreads its workers over the GPUs visible here, one
+``CUDA_VISIBLE_DEVICES`` per worker (several workers share a GPU when there are
+more workers than GPUs); a CPU stage's workers see no GPU.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import submitit
 
+from ..devices import gpu_count
+from ..errors import UsageError
 from ..run.job import RunPack, is_complete
 from ..sweep import Sweep
+from .layout import resources
 
 
 def split(run_ids: list[str], n: int) -> list[list[str]]:
@@ -22,6 +31,40 @@ def split(run_ids: list[str], n: int) -> list[list[str]]:
     another (a run is claimed by a lock while it runs), so none idles while another has a queue."""
     n = max(1, min(n, len(run_ids)))
     return [run_ids[i * len(run_ids) // n:] + run_ids[:i * len(run_ids) // n] for i in range(n)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, without torch: ``CUDA_VISIBLE_DEVICES`` when set (ids or UUIDs),
+    else one per ``GPU`` line of ``nvidia-smi -L``; [] when there is none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",")]
+        return ids[:ids.index("-1")] if "-1" in ids else [d for d in ids if d]
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
+
+
+def worker_gpus(workers: int, gpus: list[str]) -> list[str]:
+    """The GPU each of ``workers`` local workers uses: round robin over ``gpus``."""
+    return [gpus[i % len(gpus)] for i in range(workers)] if gpus else []
+
+
+def executor(folder: Path, gpu: str | None = None) -> submitit.LocalExecutor:
+    """A local executor whose processes see only ``gpu`` (None: no GPU, submitit's default)."""
+    ex = submitit.LocalExecutor(folder=folder)
+    params: dict = {"timeout_min": 24 * 60}
+    if gpu is not None and gpu.isdigit():
+        params.update(gpus_per_node=1, visible_gpus=[int(gpu)])
+    elif gpu is not None:  # a UUID or MIG id, which submitit's visible_gpus does not take
+        params["setup"] = [f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpu)}"]
+    ex.update_parameters(**params)
+    return ex
 
 
 def pending(sweep: Sweep, stage: int) -> list[str]:
@@ -55,13 +98,19 @@ def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None)
         # threads follow --workers, not the pack count, so a rerun of a few runs uses the same
         # float reduction order as the first pass and reproduces its numbers bit for bit
         threads = max(1, (os.cpu_count() or 1) // (1 if debug else workers))
+        gpus: list[str] = []
+        if gpu_count(resources(sweep.spec, stage)) and not debug:
+            gpus = worker_gpus(len(packs), visible_gpus())
+            if not gpus:
+                raise UsageError(f"stage {stage} is planned for a GPU (resources.stage{stage} requests one), but no "
+                                 "GPU is visible here (CUDA_VISIBLE_DEVICES, nvidia-smi): run it where one is, or "
+                                 f"plan it for CPU with --set resources.stage{stage}.gpus=0 (other run ids)")
         if debug:
             ex = submitit.DebugExecutor(folder=folder)
-        else:
-            ex = submitit.LocalExecutor(folder=folder)
-            ex.update_parameters(timeout_min=24 * 60)
-        with ex.batch():
             jobs = [ex.submit(RunPack(str(sweep.root), p, threads, shared=True)) for p in packs]
+        else:
+            jobs = [executor(folder, gpus[i] if gpus else None).submit(RunPack(str(sweep.root), p, threads, shared=True))
+                    for i, p in enumerate(packs)]
         if debug:  # DebugExecutor runs the job when its result is asked for
             for j in jobs:
                 _result(j, counts, console)

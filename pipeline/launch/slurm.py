@@ -35,7 +35,7 @@ Layout of a submission (computed by :mod:`pipeline.launch.layout`):
   limit everything is submitted at once.
 
 Resources per stage come from ``spec.resources.stage1/stage2``: gpus ->
-``--gpus-per-node``, cpus -> ``--cpus-per-task`` (and torch threads), mem_gb ->
+``--gpus-per-node`` (or ``--gres=gpu:N`` with ``gpu_request: gres``), cpus -> ``--cpus-per-task`` (and torch threads), mem_gb ->
 ``--mem``, time_min -> ``--time``, partition/account/qos/constraint, ``extra`` ->
 more sbatch options (``{signal: "USR2@300"}`` overrides the signal delay).
 The task is a submitit ``Checkpointable``: on timeout or preemption Slurm sends

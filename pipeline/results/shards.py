@@ -42,6 +42,8 @@ RESULT_SCHEMA = pa.schema([
     # the run's settings and cost (pipeline.run.runner)
     ("lr", _F), ("head_lr", _F), ("pooling", _S), ("train_examples", _I), ("train_pos_rate", _F),
     ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("trainable_parameters", _I),
+    # what ran, resolved from the hardware (pipeline.run.train.Device): bf16 | fp32, cuda | cpu
+    ("precision", _S), ("device_kind", _S),
     # provenance()
     ("v_torch", _S), ("v_transformers", _S), ("v_peft", _S), ("v_accelerate", _S), ("v_datasets", _S),
     ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S),

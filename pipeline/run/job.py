@@ -7,6 +7,13 @@ goes on; the task fails at the end if any run failed, so the scheduler shows it.
 
 On preemption or timeout (SIGUSR2 from Slurm) the training loop finishes its
 step, saves a checkpoint, and submitit requeues the task, which resumes there.
+A run that cannot run on this machine as planned (a GPU run where CUDA is not
+usable, bf16 on a GPU without it: ``train.DeviceError``) fails like any other:
+one line in its error file, and the task fails rather than being requeued.
+
+Between runs everything a run held is freed (``train.release``: the model,
+optimizer and accelerator, cached GPU memory, accelerate's state), so a pack's
+GPU memory does not pile up run after run.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ class RunPack(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         from . import runner
-        from .train import Stop
+        from .train import Stop, release
 
         if self.threads:
             import torch
@@ -103,6 +110,7 @@ class RunPack(submitit.helpers.Checkpointable):
             finally:
                 pre.in_loop = False
                 claim.close()  # releases the lock
+                release()  # the run's model, optimizer, accelerator and cached GPU memory, before the next run
             if pre.requested():
                 pre.fire()
         if failed:

@@ -1,8 +1,10 @@
 """Execute one planned run: load host, attach technique, port, train, evaluate, write shard.
 
 Everything a run needs is in its planned config (``config_json``), so the same
-function runs it on a laptop, in a Slurm array task or inside a pack, with the
-same result.
+function runs it on a laptop, in a Slurm array task or inside a pack: bit-identical
+results on CPU; on a GPU within a tolerance (see pipeline.run.train and README,
+"Reproducibility per device").  The device and precision it ran with are recorded
+in its shard (``device_kind``, ``precision``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class HostCache:
     def model(self, model: str, task: Task) -> torch.nn.Module:
         key = (model, task.kind, len(task.label_words), task.pooling)
         if key not in self._models:
-            self._models[key] = task.load_model(self.path(model)).eval()
+            # fp32 master weights whatever dtype the host is stored in (transformers 5 loads dtype="auto":
+            # a bf16 host would make new adapter parameters bf16); train.set_frozen_dtype may cast frozen ones
+            self._models[key] = task.load_model(self.path(model)).float().eval()
         return copy.deepcopy(self._models[key])
 
 
@@ -162,12 +166,12 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     What each stage-2 condition loads is declared in ``pipeline/conditions.py``
     and done by ``prepare``.
     """
-    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, train
+    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, run_settings, set_frozen_dtype, train
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
     stage, seed = cfg["stage"], cfg["seed"]
-    training = Training(**{**settings, **(cfg["training"] or {})})
+    training, dev = run_settings(cfg, settings)  # device and precision, from the plan and the hardware (or refused)
     t_start = time.perf_counter()
     path = hosts.check(cfg["host"])
     ds = dataset_of(row, cfg)
@@ -180,7 +184,8 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     model = hosts.model(cfg["host"]["model"], task)
     model, checks = prepare(cfg, task, model, sweep.module(row["needs"]) if row.get("needs") else None)
     spec = sweep.spec
-    acc = accelerator(training.precision, tracking.trackers(spec.tracking, sweep.root, spec.name, row))
+    set_frozen_dtype(model, training.frozen_dtype)
+    acc = accelerator(dev, tracking.trackers(spec.tracking, sweep.root, spec.name, row))
     tracking.start(acc, spec.name, {k: row.get(k) for k in ("run_id", "stage", "technique", "condition", "host_pair",
                                                              "seed", "regime", "dataset", "variant")}
                    | {"params": cfg["params"]})
@@ -209,9 +214,10 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     ones = sum(train_split.labels)
     result.update({"lr": lr, "head_lr": training.head_lr, "pooling": task.pooling if task.kind in T.ENCODER_KINDS else None,
                    "train_examples": len(train_split), "train_pos_rate": ones / len(train_split),
-                   "load_time_s": load_s, "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(),
+                   "load_time_s": load_s, "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(dev),
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
     result.update(shards.provenance())
+    result.update(dev.record())
     shards.write_predictions(sweep.preds(row["run_id"]), row["run_id"], eval_split.labels, per_example)
     shards.write(sweep.shard(row["run_id"]), result)
     ck = sweep.ckpt(row["run_id"])
