@@ -167,7 +167,8 @@ class Task:
     def loss(self, model, batch) -> torch.Tensor:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.kind == SIMILARITY:
-            return F.cross_entropy(self.similarity(model, batch), batch["class_ids"])
+            scores = self.similarity(model, batch)
+            return F.cross_entropy(scores, batch["class_ids"].to(scores.device))  # targets stay on the CPU (train.to_device)
         if self.kind == CLASSIFICATION:
             return model(**inputs, labels=batch["class_ids"]).loss
         targets = self._targets(batch["class_ids"].tolist(), batch["input_ids"].device)
