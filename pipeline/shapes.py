@@ -16,7 +16,8 @@ from pathlib import Path
 from .errors import SpecError
 
 SHAPE_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "num_layers", "num_decoder_layers",
-              "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size")
+              "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size",
+              "num_key_value_heads", "n_embd", "n_layer", "n_head", "n_inner")
 
 
 def _config(model: str, models_dir: Path) -> dict | None:

@@ -58,6 +58,14 @@ class Host(_Strict):
     # How a classification host turns token states into the vector its head reads (see run/pooling.py).
     # auto: the host's own sentence-transformers pooling when it has one (1_Pooling/config.json), else cls.
     pooling: Literal[("auto", *POOLINGS)] = "auto"
+    # causal-lm: wrap each rendered input in the tokenizer's chat template (one user turn); off by default
+    chat_template: bool = Field(default=False, exclude_if=lambda v: not v)
+
+    @model_validator(mode="after")
+    def _chat_only_on_decoders(self) -> "Host":
+        if self.chat_template and self.task != "causal-lm":
+            raise ValueError(f"chat_template applies to causal-lm hosts only (this host's task is {self.task})")
+        return self
 
 
 class Dataset(_Strict):
@@ -199,6 +207,9 @@ class Spec(_Strict):
                 raise _PathError(f"host_pairs[{i}]", f"origin and receiving host are the same ({a!r})")
             if self.host(a).task != self.host(b).task:
                 raise _PathError(f"host_pairs[{i}]", f"hosts {a!r} and {b!r} have different tasks")
+            if self.host(a).chat_template != self.host(b).chat_template:
+                raise _PathError(f"host_pairs[{i}]", f"hosts {a!r} and {b!r} differ in chat_template: the two hosts "
+                                 "of a pair must see the same text")
         ds = [d.name for d in self.datasets]
         for i, n in enumerate(ds):
             if ds.index(n) != i:
