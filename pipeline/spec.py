@@ -61,12 +61,6 @@ class Host(_Strict):
     # causal-lm: wrap each rendered input in the tokenizer's chat template (one user turn); off by default
     chat_template: bool = Field(default=False, exclude_if=lambda v: not v)
 
-    @model_validator(mode="after")
-    def _chat_only_on_decoders(self) -> "Host":
-        if self.chat_template and self.task != "causal-lm":
-            raise ValueError(f"chat_template applies to causal-lm hosts only (this host's task is {self.task})")
-        return self
-
 
 class Dataset(_Strict):
     name: str = Field(min_length=1)
@@ -114,6 +108,8 @@ class Resources(_Strict):
     gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"  # --gpus-per-node=N (cons_tres) or --gres=gpu:N
     cpus: int = Field(default=2, gt=0)
     mem_gb: Float = Field(default=8, gt=0)
+    gpu_mem_gb: Float | None = Field(default=None, gt=0, exclude_if=lambda v: v is None,
+                                     description="memory of the GPU a run gets: a run estimated over it is refused")
     time_min: int = Field(default=60, gt=0)
     constraint: str | None = None
     array_parallelism: int = Field(default=64, gt=0)
@@ -198,6 +194,8 @@ class Spec(_Strict):
         for i, n in enumerate(names):
             if names.index(n) != i:
                 raise _PathError(f"hosts[{i}].name", f"duplicate host name {n!r}")
+            if self.hosts[i].chat_template and self.hosts[i].task != "causal-lm":
+                raise _PathError(f"hosts[{i}].chat_template", "chat_template applies to causal-lm hosts only")
         for i, (a, b) in enumerate(self.host_pairs):
             for j, h in enumerate((a, b)):
                 if h not in names:
