@@ -3,6 +3,8 @@
 ``check_spec`` runs after the spec's own validation (``pipeline.spec``) and before any host is
 built or anything is written (``pipeline plan``, ``run``, ``sweep``, ``sweep --dry-run``, ``fetch``):
 
+* **GPU memory**: a run whose estimated peak (``pipeline.cost.run_memory``) exceeds its stage's
+  ``resources.gpu_mem_gb`` is refused, naming the host;
 * **host shapes** of each pair, from the config.json each host has or -- an embedded host not built
   yet -- will have (``pipeline.shapes``, ``hosts.planned_config``);
 * **embedded dataset names** (``embedded:rotten_tomatoes``, ``embedded:tweets``; a near miss gets a
@@ -52,8 +54,24 @@ def check_spec(spec, source: str) -> None:
     from .shapes import check_pairs
 
     check_pairs(spec, source)
+    check_memory(spec, source)
     for i, ds in enumerate(spec.datasets):
         check_dataset(ds, f"{source}: datasets[{i}]")
+
+
+def check_memory(spec, source: str) -> None:
+    """SpecError naming the first host whose runs do not fit a stage's ``gpu_mem_gb`` (hosts of unknown size pass)."""
+    from .cost import host_memory
+
+    for h in spec.hosts:
+        for stage, (m, tr, p) in enumerate(host_memory(spec, h) or [], start=1):
+            limit = getattr(spec.resources, f"stage{stage}").gpu_mem_gb
+            if limit is not None and m["total"] > limit:
+                raise SpecError(f"{source}: resources.stage{stage}.gpu_mem_gb: a run on host {h.name!r} ({h.model}) "
+                                f"needs ~{m['total']:.1f} GB at batch {tr.batch_size} x {tr.max_length} tokens, {p} "
+                                f"(weights {m['weights']:.1f}, activations {m['activations']:.1f} GB), over "
+                                f"{limit:g} GB; lower batch_size or max_length, set frozen_dtype: bf16, or ask for "
+                                "a larger GPU")
 
 
 # ---------------------------------------------------------------- datasets

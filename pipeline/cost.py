@@ -13,8 +13,8 @@ The cost model (simple on purpose; every constant is printed with the estimate):
 * **Tokens.**  Training: ``max_length x batch_size x steps`` input tokens
   (stage 1: ``origin_training.steps``; stage 2: the regime's step budget).
   Evaluation: ``max_length x eval_size`` per run, times the number of label
-  words for text-to-text (each class is scored by its own pass, see
-  :mod:`pipeline.run.tasks`).  Target tokens (text-to-text): ``TARGET_TOKENS`` per
+  words for text-to-text and causal-lm (each class is scored by its own pass, see
+  :mod:`pipeline.run.tasks`; causal-lm trains on every class's row too).  Target tokens (text-to-text): ``TARGET_TOKENS`` per
   sequence (label word + end of sequence).
 * **Throughput.**  ``SUSTAINED_TFLOPS`` = ``MFU`` x ``PEAK_TFLOPS`` (40 % of an
   A100's dense bf16 peak).  GPU-seconds = FLOPs / sustained throughput.
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .devices import gpu_count
+from .shapes import HUB_CONFIGS, decoder_params
 
 PEAK_TFLOPS = 312.0  # NVIDIA A100, dense bf16 tensor-core peak
 MFU = 0.40  # assumed sustained fraction of peak
@@ -101,6 +102,7 @@ KNOWN_PARAMS: dict[str, int] = {
     "embedded:tiny-t5-b": 292_736,
 }
 ENCODER_DECODER = "text-to-text"
+CAUSAL_LM = "causal-lm"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -121,7 +123,9 @@ def params_from_safetensors(folder: Path) -> int | None:
 
 
 def params_from_config(cfg: dict) -> int | None:
-    """Parameter count of a T5- or BERT-shaped model from its config.json (no weights needed)."""
+    """Parameter count of a T5-, BERT-, Llama/Qwen2- or GPT-2-shaped model from its config.json (no weights)."""
+    if (n := decoder_params(cfg)) is not None:
+        return n
     if "d_model" in cfg and "d_ff" in cfg:  # T5 family
         d, ff, heads = cfg["d_model"], cfg["d_ff"], cfg["num_heads"]
         inner = heads * cfg.get("d_kv", d // heads)
@@ -175,36 +179,60 @@ def host_params(model: str, models_dir: Path | str = "models") -> tuple[int | No
             return n, f"{folder}/config.json"
     if model in KNOWN_PARAMS:
         return KNOWN_PARAMS[model], "built-in table"
+    if model in HUB_CONFIGS:
+        return decoder_params(HUB_CONFIGS[model]), "declared config (pipeline/shapes.py)"
     return None, "unknown (not a local folder, not in the built-in table)"
 
 
 def host_shape(model: str, models_dir: Path | str = "models") -> tuple[int, int, int, int] | None:
     """(d_model, d_ff, heads, layers) of a host from its config.json (T5- or BERT-shaped), else the table."""
     folder = _local_folder(model, Path(models_dir))
+    c = HUB_CONFIGS.get(model)
     if folder is not None:
         try:
             c = json.loads((folder / "config.json").read_text())
-            if "d_model" in c:
-                return c["d_model"], c["d_ff"], c["num_heads"], c["num_layers"]
-            return c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_hidden_layers"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             pass
+    try:
+        if c and "d_model" in c:
+            return c["d_model"], c["d_ff"], c["num_heads"], c["num_layers"]
+        if c and "n_embd" in c:  # GPT-2
+            return c["n_embd"], c.get("n_inner") or 4 * c["n_embd"], c["n_head"], c["n_layer"]
+        if c:
+            return c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_hidden_layers"]
+    except KeyError:
+        pass
     return KNOWN_SHAPES.get(model)
 
 
-def run_memory(n_params: int, shape: tuple[int, int, int, int], training: dict, trainable: int = 5_000_000
-               ) -> dict[str, float]:
+def host_vocab(model: str, models_dir: Path | str = "models") -> int:
+    folder = _local_folder(model, Path(models_dir))
+    try:
+        c = json.loads((folder / "config.json").read_text()) if folder else HUB_CONFIGS.get(model, {})
+    except (OSError, ValueError):
+        c = {}
+    return int(c.get("vocab_size") or 0)
+
+
+def run_memory(n_params: int, shape: tuple[int, int, int, int], training: dict, trainable: int = 5_000_000,
+               task: str | None = None, classes: int = 2, vocab: int = 0) -> dict[str, float]:
     """Peak GPU memory of one training run in GB, by part (see the constants above): frozen weights, autocast's
-    bf16 copies, trainable state, activations, CUDA context; ``total``."""
+    bf16 copies, trainable state, activations, CUDA context; ``total``.  A causal-lm run scores every class in
+    its own row (batch x classes rows of max_length + the word's tokens) and keeps fp32 logits, their
+    log-softmax and its gradient at the word positions only (``logits``)."""
     d, ff, heads, layers = shape
     L, batch = training["max_length"], training.get("batch_size", 0)
+    logits = 0.0
+    if task == CAUSAL_LM:
+        batch, L = batch * classes, L + TARGET_TOKENS + 1
+        logits = batch * (TARGET_TOKENS + 1) * vocab * 4 * 3 / 1e9
     bf16 = training.get("precision") in ("bf16", "auto")
     frozen_bf16 = training.get("frozen_dtype") == "bf16"
     per_token = (ACT_BYTES[0] * d + ACT_BYTES[1] * ff + ACT_BYTES[2] * heads * L) * (1 if bf16 else ACT_FP32)
     parts = {"weights": n_params * (2 if frozen_bf16 else 4) / 1e9,
              "bf16_copies": n_params * 2 / 1e9 if bf16 and not frozen_bf16 else 0.0,
              "trainable": trainable * 16 / 1e9,
-             "activations": batch * L * layers * per_token / 1e9,
+             "activations": batch * L * layers * per_token / 1e9 + logits,
              "cuda_context": CUDA_CONTEXT_GB}
     return {**parts, "total": sum(parts.values())}
 
@@ -245,8 +273,9 @@ class Estimate:
 def run_flops(n_params: int, task: str, training: dict, steps: int, eval_examples: int, n_classes: int):
     """(train FLOPs, eval FLOPs, train input tokens, eval input tokens) of one run."""
     L = training["max_length"]
-    t_train = L * training.get("batch_size", 0) * steps  # zero-shot keys carry only the eval fields
-    t_eval = L * eval_examples * (n_classes if task == ENCODER_DECODER else 1)
+    rows = n_classes if task == CAUSAL_LM else 1  # causal-lm: every class its own row, in training too
+    t_train = L * training.get("batch_size", 0) * steps * rows  # zero-shot keys carry only the eval fields
+    t_eval = L * eval_examples * (n_classes if task in (ENCODER_DECODER, CAUSAL_LM) else 1)
     if task == ENCODER_DECODER:  # encoder half sees the inputs, decoder half the targets
         per_train = n_params / 2 * t_train + n_params / 2 * TARGET_TOKENS * training.get("batch_size", 0) * steps
         per_eval = n_params / 2 * t_eval + n_params / 2 * TARGET_TOKENS * t_eval / L
@@ -287,6 +316,22 @@ def estimate(spec, plan) -> Estimate:
     return est
 
 
+def host_memory(spec, h) -> list[tuple[dict, object, str]] | None:
+    """Per stage (1, 2): (``run_memory`` of a run on host ``h``, its training settings, precision); None when
+    the host's size or shape is not known here."""
+    n, shape = host_params(h.model, spec.models_dir)[0], host_shape(h.model, spec.models_dir)
+    if not (n and shape):
+        return None
+    vocab = host_vocab(h.model, spec.models_dir) if h.task == CAUSAL_LM else 0
+    classes = max(len(d.label_words) for d in spec.datasets)
+    out = []
+    for tr, res in ((spec.origin_training, spec.resources.stage1), (spec.further_training, spec.resources.stage2)):
+        p = "bf16" if tr.precision == "bf16" or (tr.precision == "auto" and gpu_count(res)) else "fp32"
+        out.append((run_memory(n, shape, {**tr.model_dump(), "precision": p}, task=h.task, classes=classes,
+                               vocab=vocab), tr, p))
+    return out
+
+
 def _si(x: float) -> str:
     for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= div:
@@ -320,14 +365,10 @@ def print_cost(console, spec, plan) -> None:
         console.print(f"  host {names.get(model, model)} = {model}: "
                       + (f"{n / 1e6:,.1f} M parameters ({src}); {_hours(share or 0)} GPU-h" if n else src))
     for h in spec.hosts:  # the larger of the two stages' training settings
-        n, shape = est.hosts.get(h.model, (None, ""))[0], host_shape(h.model, spec.models_dir)
-        if not (n and shape):
+        got = host_memory(spec, h)
+        if got is None:
             continue
-        mems = []
-        for tr, res in ((spec.origin_training, spec.resources.stage1), (spec.further_training, spec.resources.stage2)):
-            p = "bf16" if tr.precision == "bf16" or (tr.precision == "auto" and gpu_count(res)) else "fp32"
-            mems.append((run_memory(n, shape, {**tr.model_dump(), "precision": p}), tr, p))
-        m, tr, p = max(mems, key=lambda x: x[0]["total"])
+        m, tr, p = max(got, key=lambda x: x[0]["total"])
         console.print(f"  host {h.name}: ~{m['total']:.1f} GB peak GPU memory a run at batch {tr.batch_size} x "
                       f"{tr.max_length} tokens, {p} (weights {m['weights']:.1f} + bf16 copies {m['bf16_copies']:.1f} "
                       f"+ activations {m['activations']:.1f} GB + CUDA context)", highlight=False)

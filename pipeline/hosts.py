@@ -13,10 +13,13 @@ by a PyPI package or built locally into ``models_dir`` on first use:
   the base re-saved), each built into ``models_dir/<name>``: a host-drift
   study is a list of these names.
 * ``tiny-bert-a``/``-b``, ``tiny-t5-a``/``-b``: tiny random hosts for tests
-  and smoke sweeps (``make_tiny_host``).  ``-a`` is a seeded random init with
+  and smoke sweeps (``make_tiny_host``); ``tiny-llama-a``/``-b``,
+  ``tiny-qwen2-a``/``-b``, ``tiny-gpt2-a``/``-b``: tiny decoder-only
+  (``task: causal-lm``) hosts (``pipeline.run.hostbuild_lm``).  ``-a`` is a seeded random init with
   a tokenizer trained here; ``-b`` is ``-a`` (same tokenizer, same shape) after
   a few steps of masked-LM (BERT) or denoising (T5) training on the tweets, so
-  the pair is related the way the two MiniLM hosts are.
+  the pair is related the way the two MiniLM hosts are (decoders: next-token
+  training on the tweets).
 
 The second MiniLM host: recipe and why
 --------------------------------------
@@ -116,7 +119,7 @@ class HostError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class EmbeddedHost:
-    family: str  # "bert" (classification hosts) or "t5" (text-to-text hosts)
+    family: str  # "bert" (classification hosts), "t5" (text-to-text) or a decoder kind (causal-lm)
     description: str
     build: Callable[[Path], object] | None = None  # build(out_dir); None: shipped ready-made by a package
     recipe: str | None = None  # when set, a built folder whose build_info.json names another recipe is rebuilt
@@ -131,6 +134,14 @@ TINY_SHAPES = {
              "intermediate_size": 128},
     "t5": {"model_type": "t5", "d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2,
            "num_heads": 2},
+}
+# The tiny decoders (pipeline.run.hostbuild_lm.tiny_decoder builds from these; vocab_size from the tokenizer).
+DECODER_SHAPES = {
+    "llama": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256},
+    "qwen2": {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256},
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256},
 }
 
 
@@ -153,16 +164,29 @@ def minilm_dir() -> Path:
 BUILDERS = "pipeline.run.hostbuild"  # the torch side, named (as technique declarations name theirs)
 
 
-def _builders():
-    """The building side, loaded by name only when a host must be built: resolving stays torch-free."""
+def _builders(part: str = ""):
+    """The building side (``_lm``: the decoders'), loaded by name only when a host must be built: resolving
+    stays torch-free."""
     import importlib
 
-    return importlib.import_module(BUILDERS)
+    return importlib.import_module(BUILDERS + part)
 
 
 def _tiny_b(kind: str, out_dir: Path) -> Path:
     base = resolve_host(f"{PREFIX}tiny-{kind}-a", out_dir.parent)
+    if kind in DECODER_SHAPES:
+        return _builders("_lm").make_tiny_decoder(kind, out_dir, seed=1, base=base, steps=20)
     return _builders().make_tiny_host(kind, out_dir, seed=1, base=base, steps=20)
+
+
+def _tiny_decoders() -> dict[str, EmbeddedHost]:
+    out = {}
+    for kind in DECODER_SHAPES:
+        out[f"tiny-{kind}-a"] = EmbeddedHost(kind, f"tiny random {kind} decoder, seed 0", shape=DECODER_SHAPES[kind],
+                                             build=lambda o, k=kind: _builders("_lm").make_tiny_decoder(k, o))
+        out[f"tiny-{kind}-b"] = EmbeddedHost(kind, f"tiny-{kind}-a + 20 next-token steps on tweets",
+                                             lambda o, k=kind: _tiny_b(k, o), base=f"tiny-{kind}-a")
+    return out
 
 
 def _minilm_tweets_host(steps: int | None = None) -> EmbeddedHost:
@@ -209,6 +233,7 @@ EMBEDDED: dict[str, EmbeddedHost] = _EmbeddedTable({  # builders are looked up a
                               shape=TINY_SHAPES["t5"]),
     "tiny-t5-b": EmbeddedHost("t5", "tiny-t5-a + 20 denoising steps on tweets", lambda out: _tiny_b("t5", out),
                               base="tiny-t5-a"),
+    **_tiny_decoders(),
 })
 TINY = tuple(name for name in EMBEDDED if name.startswith("tiny-"))
 

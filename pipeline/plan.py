@@ -59,6 +59,8 @@ def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
             pooling = h.pooling if h.pooling != "auto" else (hosts.default_pooling(d) if d else "auto")
         out[h.name] = {"model": h.model, "path": str(d) if d else None,
                        "fingerprint": hosts.fingerprint(d) if d else None, "pooling": pooling}
+        if h.chat_template:  # causal-lm: inputs wrapped in the chat template (absent otherwise: ids unchanged)
+            out[h.name]["chat_template"] = True
     return out
 
 
@@ -198,7 +200,9 @@ class Plan:
 
 
 def _host_key(info: dict[str, Any]) -> dict[str, Any]:
-    return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling")}
+    chat = {"chat_template": True} if info.get("chat_template") else {}
+    return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling"),
+            **chat}
 
 
 def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]], source: str) -> None:

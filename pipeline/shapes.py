@@ -6,6 +6,10 @@ folders, embedded hosts already built, embedded hosts not built yet by the confi
 have (``hosts.planned_config``: a derived host has its base's shape, a tiny host its declared
 one), and hub names found in the local HF cache.  A host whose config cannot be read
 offline is not checked here; porting still verifies every tensor's shape at load time.
+
+Hub decoders a spec may name (``sweeps/llm.yaml``) have their config shapes declared in ``HUB_CONFIGS``
+(copied from the published config.json files), so their pairs are checked -- and ``pipeline.cost``
+counts their parameters and memory -- without the hub or the HF cache.
 """
 
 from __future__ import annotations
@@ -16,7 +20,39 @@ from pathlib import Path
 from .errors import SpecError
 
 SHAPE_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "num_layers", "num_decoder_layers",
-              "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size")
+              "num_attention_heads", "num_heads", "d_kv", "d_ff", "intermediate_size", "vocab_size",
+              "num_key_value_heads", "n_embd", "n_layer", "n_head", "n_inner")
+
+
+_QWEN25_05B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+               "attention_bias": True}
+_SMOLLM2_360M = {"model_type": "llama", "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                 "num_attention_heads": 15, "num_key_value_heads": 5, "vocab_size": 49152, "tie_word_embeddings": True}
+_LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+               "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}
+HUB_CONFIGS = {
+    "Qwen/Qwen2.5-0.5B": _QWEN25_05B, "Qwen/Qwen2.5-0.5B-Instruct": _QWEN25_05B,
+    "HuggingFaceTB/SmolLM2-360M": _SMOLLM2_360M, "HuggingFaceTB/SmolLM2-360M-Instruct": _SMOLLM2_360M,
+    "meta-llama/Llama-3.2-1B": _LLAMA32_1B, "meta-llama/Llama-3.2-1B-Instruct": _LLAMA32_1B,
+}
+
+
+def decoder_params(cfg: dict) -> int | None:
+    """Parameters of a Llama/Qwen2-shaped (RMSNorm, gated MLP, grouped-query attention) or GPT-2 config."""
+    if "n_embd" in cfg:  # GPT-2: token + position embeddings, blocks (attn c_attn/c_proj, mlp c_fc/c_proj), ln_f
+        d, layers = cfg["n_embd"], cfg["n_layer"]
+        ff = cfg.get("n_inner") or 4 * d
+        block = (d * 3 * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d
+        return (cfg["vocab_size"] + cfg.get("n_positions", 1024)) * d + layers * block + 2 * d
+    if "num_key_value_heads" not in cfg or "hidden_size" not in cfg:
+        return None
+    d, ff, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = d // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    bias = (d + 2 * kv) if cfg.get("attention_bias") or cfg.get("model_type") == "qwen2" else 0
+    layer = 2 * d * d + 2 * d * kv + bias + 3 * d * ff + 2 * d
+    emb = cfg["vocab_size"] * d * (1 if cfg.get("tie_word_embeddings", True) else 2)
+    return emb + layers * layer + d
 
 
 def _config(model: str, models_dir: Path) -> dict | None:
@@ -32,7 +68,7 @@ def _config(model: str, models_dir: Path) -> dict | None:
     except Exception:
         path = None
     if path is None or not (path / "config.json").exists():
-        return None
+        return {**HUB_CONFIGS[model], "_declared": True} if model in HUB_CONFIGS else None
     try:
         return json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

@@ -58,6 +58,8 @@ class Host(_Strict):
     # How a classification host turns token states into the vector its head reads (see run/pooling.py).
     # auto: the host's own sentence-transformers pooling when it has one (1_Pooling/config.json), else cls.
     pooling: Literal[("auto", *POOLINGS)] = "auto"
+    # causal-lm: wrap each rendered input in the tokenizer's chat template (one user turn); off by default
+    chat_template: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 class Dataset(_Strict):
@@ -106,6 +108,8 @@ class Resources(_Strict):
     gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"  # --gpus-per-node=N (cons_tres) or --gres=gpu:N
     cpus: int = Field(default=2, gt=0)
     mem_gb: Float = Field(default=8, gt=0)
+    gpu_mem_gb: Float | None = Field(default=None, gt=0, exclude_if=lambda v: v is None,
+                                     description="memory of the GPU a run gets: a run estimated over it is refused")
     time_min: int = Field(default=60, gt=0)
     constraint: str | None = None
     array_parallelism: int = Field(default=64, gt=0)
@@ -190,6 +194,8 @@ class Spec(_Strict):
         for i, n in enumerate(names):
             if names.index(n) != i:
                 raise _PathError(f"hosts[{i}].name", f"duplicate host name {n!r}")
+            if self.hosts[i].chat_template and self.hosts[i].task != "causal-lm":
+                raise _PathError(f"hosts[{i}].chat_template", "chat_template applies to causal-lm hosts only")
         for i, (a, b) in enumerate(self.host_pairs):
             for j, h in enumerate((a, b)):
                 if h not in names:
@@ -199,6 +205,9 @@ class Spec(_Strict):
                 raise _PathError(f"host_pairs[{i}]", f"origin and receiving host are the same ({a!r})")
             if self.host(a).task != self.host(b).task:
                 raise _PathError(f"host_pairs[{i}]", f"hosts {a!r} and {b!r} have different tasks")
+            if self.host(a).chat_template != self.host(b).chat_template:
+                raise _PathError(f"host_pairs[{i}]", f"hosts {a!r} and {b!r} differ in chat_template: the two hosts "
+                                 "of a pair must see the same text")
         ds = [d.name for d in self.datasets]
         for i, n in enumerate(ds):
             if ds.index(n) != i:

@@ -209,7 +209,9 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    return build_all(tmp_path_factory.mktemp("models"), "tiny")
+    # "tiny" also names the tiny decoders (tests/test_causal_lm.py builds and checks those)
+    assert set(hosts.TINY) == {f"tiny-{k}-{s}" for k in ("bert", "t5", "llama", "qwen2", "gpt2") for s in "ab"}
+    return build_all(tmp_path_factory.mktemp("models"), ["tiny-bert-a", "tiny-bert-b", "tiny-t5-a", "tiny-t5-b"])
 
 
 def test_build_all_gives_tiny_paths_and_resolve_reuses_them(tiny):

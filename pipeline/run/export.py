@@ -16,7 +16,7 @@ Every stage-1 run writes, beside the module the pipeline ports
 
 Two documented calls, both on a host you loaded yourself (``AutoModel.from_pretrained(path)`` for a
 head-free module -- the default; ``AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)``
-for ``head: trained``)::
+for ``head: trained``; ``AutoModelForCausalLM.from_pretrained(path)`` for a causal-lm host)::
 
     from pipeline.run.export import load_module, prepare_host
     model = load_module(host, "sweep/modules/<run_id>/adapter")   # any technique
@@ -24,7 +24,8 @@ for ``head: trained``)::
     model = peft.PeftModel.from_pretrained(prepare_host(host, folder), folder)
 
 ``prepare_host`` gives the host the pooling and positions the pipeline trained
-with (``pipeline.run.pooling``) and, for prefix tuning on an encoder, the
+with (``pipeline.run.pooling``; on a causal-lm host the real-token positions of
+``pipeline.run.causal``) and, for prefix tuning on an encoder, the
 cache-argument shim; without it a mean-pooled host would classify from its
 untrained BERT pooler.  Loading the module into a *different* host of the same
 shape is porting: the tensors arrive bit-exactly (``tests/test_export.py``).
@@ -41,7 +42,7 @@ from torch import nn
 from ..errors import ModuleError
 from ..files import atomic_dir
 from ..techniques import get
-from ..techniques.base import ENCODER_KINDS, SIMILARITY
+from ..techniques.base import CAUSAL_LM, ENCODER_KINDS, SIMILARITY
 
 FOLDER = "adapter"
 CONFIG, WEIGHTS, SIDECAR = "adapter_config.json", "adapter_model.safetensors", "pipeline_module.json"
@@ -65,6 +66,8 @@ def save(model: nn.Module, folder: Path, state: dict, *, technique: str, params:
     meta = {"technique": technique, "params": params, "task": task.kind, "pooling": task.pooling,
             "label_words": list(task.label_words), "max_length": task.max_length, "template": task.template,
             "host": host.get("model"), "host_fingerprint": host.get("fingerprint")}
+    if task.kind == CAUSAL_LM:
+        meta["chat_template"] = task.chat
     if task.kind == SIMILARITY:  # head-free scoring: its scale, and the module's per-class bias (peft keeps no copy)
         pool = pooling.find(model)
         bias = pool.class_bias if pool is not None else None
@@ -102,6 +105,13 @@ def _prepare(host: nn.Module, meta: dict, config: dict) -> nn.Module:
     from . import pooling
     from .techniques._peft import cache_shim
 
+    if meta["task"] == CAUSAL_LM:  # the real-token positions it trained with (pipeline.run.causal)
+        from . import causal
+
+        pos = causal.install(host)
+        if get(meta["technique"]).impl == "prompt":
+            pos.virtual_front = int(config["num_virtual_tokens"])
+        return host
     if meta["task"] not in ENCODER_KINDS:
         return host
     pool = pooling.find(host) or pooling.install(host, meta["pooling"])

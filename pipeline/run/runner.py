@@ -105,7 +105,8 @@ def make_task(cfg: dict, ds: Dataset, tokenizer, training: Training, path: str |
 
         pooling = default_pooling(path) if path else "cls"
     return Task(run_kind(cfg), tokenizer, tuple(ds.label_words), training.max_length, ds.template, pooling,
-                temperature=cfg.get("temperature", 20.0), class_bias=cfg.get("class_bias", False))
+                temperature=cfg.get("temperature", 20.0), class_bias=cfg.get("class_bias", False),
+                chat=bool(cfg["host"].get("chat_template")))
 
 
 def _no_module(model, task_kind: str):

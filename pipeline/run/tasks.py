@@ -1,4 +1,4 @@
-"""Three task formulations behind one interface.
+"""Four task formulations behind one interface.
 
 ``similarity`` (a classification host with ``head: free``, the default): the
 bare encoder, no head.  The label texts (the dataset's ``label_words``) are
@@ -37,6 +37,10 @@ generation:
 Training minimises the usual token-level cross-entropy of the gold label word
 (eos included), i.e. teacher forcing on the same targets that are scored.
 
+``causal-lm``: a decoder-only LM scores each label word as the continuation of
+the input -- the same head-free design; scoring, padding and positions are in
+``pipeline.run.causal``.
+
 Inputs pass through ``template`` first (``"{text}"`` unless the dataset spec
 gives one, e.g. ``"sentiment: {text}"``).
 """
@@ -49,7 +53,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..techniques.base import CLASSIFICATION, ENCODER_KINDS, RUN_KINDS, SIMILARITY, is_head_param
+from ..techniques.base import CAUSAL_LM, CLASSIFICATION, ENCODER_KINDS, RUN_KINDS, SIMILARITY, is_head_param
+from . import causal
 
 IGNORE = -100  # label positions the loss and the scores leave out
 
@@ -64,6 +69,7 @@ class Task:
     pooling: str = "cls"  # encoder hosts: mean | cls | pooler (see run/pooling.py)
     temperature: float = 20.0  # similarity: the fixed scale of the cosine scores
     class_bias: bool = True  # similarity: a per-class bias in the module
+    chat: bool = False  # causal-lm: wrap the rendered input in the tokenizer's chat template
 
     def __post_init__(self) -> None:
         if self.kind not in RUN_KINDS:
@@ -72,6 +78,8 @@ class Task:
             raise ValueError(f"template must contain '{{text}}', got {self.template!r}")
         self._words: list[list[int]] | None = None
         self._label_ids: list[list[int]] | None = None
+        if self.kind == CAUSAL_LM:
+            causal.prepare_tokenizer(self.tokenizer)
 
     # -- model -------------------------------------------------------------------
     def load_model(self, path: str):
@@ -88,6 +96,10 @@ class Task:
             pool = install(model, self.pooling)
             if self.kind == SIMILARITY and self.class_bias:
                 add_class_bias(pool, len(self.label_words))
+            return model
+        if self.kind == CAUSAL_LM:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path)
+            causal.install(model)
             return model
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
 
@@ -108,6 +120,8 @@ class Task:
     # -- data --------------------------------------------------------------------
     def encode(self, texts) -> list[list[int]]:
         texts = [self.template.replace("{text}", t) for t in texts]
+        if self.kind == CAUSAL_LM:
+            return causal.encode(self.tokenizer, texts, self.max_length, self.chat)
         return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
     def label_ids(self) -> list[list[int]]:
@@ -119,6 +133,8 @@ class Task:
 
     def collate(self, ids: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
         """Padded inputs (similarity: the label texts appended as the last rows) and the gold classes."""
+        if self.kind == CAUSAL_LM:
+            return causal.collate(self.tokenizer, list(ids), self.word_ids(), labels)
         if self.kind == SIMILARITY:
             ids = list(ids) + self.label_ids()
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
@@ -127,7 +143,10 @@ class Task:
         return batch
 
     def word_ids(self) -> list[list[int]]:
-        """Each label word's target token ids, end-of-sequence token included."""
+        """Each label word's target token ids, end-of-sequence token included (causal-lm: its continuation
+        tokens, see ``pipeline.run.causal``)."""
+        if self._words is None and self.kind == CAUSAL_LM:
+            self._words = causal.word_ids(self.tokenizer, self.label_words)
         if self._words is None:
             words = [self.tokenizer(w, add_special_tokens=True)["input_ids"] for w in self.label_words]
             eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -171,6 +190,9 @@ class Task:
             return F.cross_entropy(scores, batch["class_ids"].to(scores.device))  # targets stay on the CPU (train.to_device)
         if self.kind == CLASSIFICATION:
             return model(**inputs, labels=batch["class_ids"]).loss
+        if self.kind == CAUSAL_LM:
+            s = causal.scores(model, batch, len(self.label_words))
+            return F.cross_entropy(s, batch["class_ids"].to(s.device))
         targets = self._targets(batch["class_ids"].tolist(), batch["input_ids"].device)
         return model(**inputs, labels=targets).loss
 
@@ -182,6 +204,8 @@ class Task:
             return self.similarity(model, batch)
         if self.kind == CLASSIFICATION:
             return model(**inputs).logits.float()
+        if self.kind == CAUSAL_LM:
+            return causal.scores(model, batch, len(self.label_words))
         n, k = batch["input_ids"].shape[0], len(self.label_words)
         # row i * k + c = example i scored against class c
         rep = {name: t.repeat_interleave(k, dim=0) for name, t in inputs.items()}

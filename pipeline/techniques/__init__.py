@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .base import CLASSIFICATION, ENCODER_KINDS, RUN_KINDS, SIMILARITY, TASKS, TEXT_TO_TEXT, TRAINING_KEYS, Param, Technique, is_head_param  # noqa: F401
+from .base import (  # noqa: F401
+    CAUSAL_LM,
+    CLASSIFICATION,
+    ENCODER_KINDS,
+    RUN_KINDS,
+    SIMILARITY,
+    TASKS,
+    TEXT_TO_TEXT,
+    TRAINING_KEYS,
+    Param,
+    Technique,
+    is_head_param,
+)
 from .catalog import ALL
 
 REGISTRY: dict[str, Technique] = {}

@@ -23,12 +23,13 @@ from typing import Any
 # Task formulations a host can have.
 CLASSIFICATION = "classification"  # encoder + classification head (AutoModelForSequenceClassification)
 TEXT_TO_TEXT = "text-to-text"  # encoder-decoder, label verbalised as a word (AutoModelForSeq2SeqLM)
-TASKS = (CLASSIFICATION, TEXT_TO_TEXT)
+CAUSAL_LM = "causal-lm"  # decoder-only, label word scored as the continuation (AutoModelForCausalLM)
+TASKS = (CLASSIFICATION, TEXT_TO_TEXT, CAUSAL_LM)
 # How a run scores classes (pipeline.run.tasks): a classification host with ``head: free`` runs as
 # SIMILARITY (the bare encoder, classes scored by pooled-vector similarity to the label texts), with
-# ``head: trained`` as CLASSIFICATION; a text-to-text host always scores its label words.
+# ``head: trained`` as CLASSIFICATION; text-to-text and causal-lm hosts always score their label words.
 SIMILARITY = "similarity"
-RUN_KINDS = (CLASSIFICATION, SIMILARITY, TEXT_TO_TEXT)
+RUN_KINDS = (CLASSIFICATION, SIMILARITY, TEXT_TO_TEXT, CAUSAL_LM)
 ENCODER_KINDS = (CLASSIFICATION, SIMILARITY)  # pooled encoders (pipeline.run.pooling)
 
 # Keys of a technique's params that configure its training, not the module: its learning rate and

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from ...techniques.base import CLASSIFICATION, SIMILARITY
+from ...techniques.base import CAUSAL_LM, CLASSIFICATION, SIMILARITY
 
-PEFT_TASK = {CLASSIFICATION: "SEQ_CLS", SIMILARITY: "FEATURE_EXTRACTION"}
+PEFT_TASK = {CLASSIFICATION: "SEQ_CLS", SIMILARITY: "FEATURE_EXTRACTION", CAUSAL_LM: "CAUSAL_LM"}
 
 
 def task_type(task: str) -> str:

@@ -8,7 +8,12 @@ the host's dropout, residual add and LayerNorm (the Houlsby position):
   ELECTRA, XLM-R): ``attention.output.dense`` (attention) and ``output.dense``
   (feed-forward);
 * T5 blocks (encoder and decoder): ``layer[0].SelfAttention.o`` (attention)
-  and ``layer[-1].DenseReluDense`` (feed-forward).
+  and ``layer[-1].DenseReluDense`` (feed-forward);
+* decoder layers shaped like Llama's (``LlamaDecoderLayer``, Qwen2, Mistral, ...):
+  ``self_attn.o_proj`` (attention) and ``mlp.down_proj`` (feed-forward), i.e.
+  after each sublayer's output projection, before its residual add;
+* GPT-2 blocks: ``attn.c_proj`` and ``mlp.c_proj`` (GPT-2's ``Conv1D``, whose
+  output width is ``nf``), before the host's residual dropout.
 
 ``placement='pfeiffer'`` puts one adapter per layer, after the feed-forward
 sublayer; ``'houlsby'`` puts two, after attention and after feed-forward.
@@ -159,6 +164,21 @@ def _is_t5_block(m: nn.Module) -> bool:
     )
 
 
+def _is_llama_layer(m: nn.Module) -> bool:
+    return isinstance(getattr(getattr(m, "self_attn", None), "o_proj", None), nn.Linear) and isinstance(
+        getattr(getattr(m, "mlp", None), "down_proj", None), nn.Linear)
+
+
+def _is_gpt2_block(m: nn.Module) -> bool:
+    return hasattr(m, "ln_1") and hasattr(getattr(m, "attn", None), "c_proj") and hasattr(
+        getattr(m, "mlp", None), "c_proj")
+
+
+def _width(proj: nn.Module) -> int:
+    """Output width of a projection: nn.Linear's out_features, GPT-2 Conv1D's nf."""
+    return proj.out_features if hasattr(proj, "out_features") else proj.nf
+
+
 def find_sites(model: nn.Module, kinds: tuple[str, ...]) -> list[Site]:
     """Adapter sites of ``kinds``, in module order (deterministic for a given architecture)."""
 
@@ -173,11 +193,17 @@ def find_sites(model: nn.Module, kinds: tuple[str, ...]) -> list[Site]:
                 yield Site(f"{name}.layer.0", ATTENTION, sa, sa.SelfAttention.o, sa.SelfAttention.o.out_features)
                 last = f"{name}.layer.{len(m.layer) - 1}"
                 yield Site(last, FFN, ff, ff.DenseReluDense, ff.DenseReluDense.wo.out_features)
+            elif _is_llama_layer(m) or _is_gpt2_block(m):
+                att, mlp = (m.self_attn, m.mlp) if _is_llama_layer(m) else (m.attn, m.mlp)
+                ao, mo = (att.o_proj, mlp.down_proj) if _is_llama_layer(m) else (att.c_proj, mlp.c_proj)
+                yield Site(f"{name}.{'self_attn' if _is_llama_layer(m) else 'attn'}", ATTENTION, att, ao, _width(ao))
+                yield Site(f"{name}.mlp", FFN, mlp, mo, _width(mo))
 
     found = [s for s in sites() if s.kind in kinds]
     if not found:
         raise ValueError(
-            f"no BERT-style (attention/intermediate/output) or T5-style blocks found in {type(model).__name__}"
+            f"no BERT-style (attention/intermediate/output), T5-style, Llama-style (self_attn.o_proj/mlp.down_proj)"
+            f" or GPT-2-style (attn/mlp.c_proj) blocks found in {type(model).__name__}"
         )
     return found
 

