@@ -50,7 +50,7 @@ def test_tensorboard_curves_per_run(tiny_spec, write_spec):
         ev = events(dirs[0])
         steps = r["train_steps"]
         assert [s for s, _ in ev["train/loss"]] == list(range(1, steps + 1))
-        assert ev["train/lr_module"][0][1] > 0 and "train/lr_head" in ev
+        assert ev["train/lr_module"][0][1] > 0 and "train/lr_head" not in ev  # head-free (default): no head group
         assert ev["eval/accuracy"] == [(steps, pytest.approx(r["accuracy"], abs=1e-6))]
         assert ev["eval/loss"][0][1] == pytest.approx(r["eval_loss"], rel=1e-5)
     # the runs are named by stage/technique/condition[/regime]/pair/seed
