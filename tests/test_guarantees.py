@@ -344,3 +344,56 @@ def test_bootstrap_on_correlated_pairs_is_as_narrow_as_the_paired_differences():
     r1 = hierarchical_bootstrap(one, seed=0)
     w1, p1 = r1["ci_high"] - r1["ci_low"], _normal_width([one[0][0] - one[0][1]])
     assert abs(w1 / p1 - 1) < 0.2, (w1, p1)
+
+
+# ---------------------------------------------------------------- the spec's documented bounds
+# (section, field) -> (the smallest legal value, the largest illegal one below it).  Written out, not read from
+# the models, so that a bound changed in spec.py (gt=0 -> gt=1, min_length=1 -> 2, ...) fails here.
+_T = {"steps": (0, -1), "batch_size": (1, 0), "eval_batch_size": (1, 0), "max_length": (1, 0), "lr": (1e-9, 0),
+      "head_lr": (1e-9, 0), "weight_decay": (0, -1e-9), "warmup_ratio": (0, -1e-9), "max_grad_norm": (1e-9, 0),
+      "checkpoint_every": (0, -1)}
+_R = {"gpus": (0, -1), "cpus": (1, 0), "mem_gb": (1e-3, 0), "time_min": (1, 0), "array_parallelism": (1, 0),
+      "pack_size": (1, 0)}
+BOUNDS = ([(("origin_training", k), v) for k, v in _T.items()] + [(("further_training", k), v) for k, v in _T.items()]
+          + [(("resources", "stage1", k), v) for k, v in _R.items()] + [(("resources", "stage2", k), v) for k, v in _R.items()]
+          + [(("datasets", 0, "train_size"), (1, 0)), (("datasets", 0, "eval_size"), (1, 0)),
+             (("datasets", 0, "name"), ("d", "")), (("datasets", 0, "source"), ("x.csv", "")),
+             (("hosts", 0, "name"), ("a", "")), (("hosts", 0, "model"), ("m", "")),
+             (("name",), ("t", "")), (("output_dir",), ("o", ""))]
+          + [((k,), (v, [])) for k, v in (("host_pairs", [["a", "b"]]), ("datasets", None), ("techniques", ["lora"]),
+                                          ("conditions", ["ported"]), ("regimes", [0]), ("seeds", [0]))])
+
+
+def _base() -> dict:
+    return {"name": "t", "output_dir": "o", "hosts": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m2"}],
+            "host_pairs": [["a", "b"]], "datasets": [{"name": "d", "source": "x.csv"}], "techniques": ["lora"],
+            "conditions": ["ported"], "regimes": ["zero-shot"], "seeds": [0]}
+
+
+def _set(d: dict, path: tuple, value) -> dict:
+    cur = d
+    for k in path[:-1]:
+        cur = cur.setdefault(k, {}) if isinstance(k, str) else cur[k]
+    if value is not None:
+        cur[path[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize("path,bounds", BOUNDS, ids=lambda x: ".".join(map(str, x)) if isinstance(x, tuple) and
+                         all(isinstance(p, (str, int)) for p in x) else None)
+def test_each_bound_of_the_spec_admits_its_edge_and_refuses_past_it(path, bounds):
+    """Kills: a bound moved by one (gt=0 -> gt=1, ge=0 -> ge=1, lt=1 -> lt=2, min_length=1 -> 2)."""
+    ok, bad = bounds
+    S.parse(_set(_base(), path, ok))
+    with pytest.raises(S.SpecError, match=str(path[-1])):
+        S.parse(_set(_base(), path, bad))
+
+
+def test_the_spec_refuses_a_warmup_ratio_of_one_and_a_single_host():
+    S.parse(_set(_base(), ("origin_training", "warmup_ratio"), 0.999))
+    with pytest.raises(S.SpecError, match="warmup_ratio"):
+        S.parse(_set(_base(), ("origin_training", "warmup_ratio"), 1))
+    one = _base()
+    one["hosts"] = one["hosts"][:1]
+    with pytest.raises(S.SpecError, match="hosts"):
+        S.parse(one)
