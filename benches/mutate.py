@@ -405,18 +405,23 @@ def _run_pytest(tree: Path, tests: tuple[str, ...], deselect: str, timeout: floa
             sys.stderr.flush()
             os._exit(code)
     deadline = t0 + timeout
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        if time.perf_counter() > deadline:
-            try:
+    try:
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                break
+            if time.perf_counter() > deadline:
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _, _, usage = os.wait4(pid, 0)
-            return "timeout", time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
-        time.sleep(0.05)
+                _, _, usage = os.wait4(pid, 0)
+                return "timeout", time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+            time.sleep(0.05)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the tests go too, then the tree
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        raise
     code = os.waitstatus_to_exitcode(status)
     dt, cpu = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime  # (the child's own CPU, not its children's)
     try:
