@@ -101,7 +101,13 @@ TARGETS: dict[str, Target] = {
 
 # Survivors no test can kill: the mutant behaves as the original.  Key: (module, the mutated line's text,
 # stripped, the mutation); value: why.  Rendered beside the survivor in the report.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("pipeline/run/port.py", 'atomic_write(folder / "module.json", json.dumps(info, indent=1, sort_keys=True))',
+     "True -> False"): "the order of keys in module.json; every reader parses the JSON (the checksum covers "
+                       "module.safetensors, not the sidecar)",
+    ("pipeline/run/port.py", "return False", "return value -> None"):
+        "module_ok's False becomes None, which every caller tests only for truth (`if not`, `or`)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ mutants
@@ -553,6 +559,39 @@ def write_benchmarks(section: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
     path.write_text(text)
 
 
+def scores_from_log(text: str, modules: list[str]) -> tuple[list[Score], float]:
+    """The scores a run printed (its log), rebuilt: explanations added to EQUIVALENT after a long run then
+    apply without running it again (``--from-log``)."""
+    import re
+
+    scores, by_pos, sc = [], {}, None
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"(pipeline/\S+\.py): (\d+) of (\d+) mutants", line)
+        if m:
+            sc = Score(m.group(1), total=int(m.group(3)))
+            scores.append(sc)
+            by_pos = {(x.line, x.what): x for x in mutants(sc.module, TARGETS[sc.module])}
+            continue
+        m = re.match(r"  \[\d+/\d+\] (pipeline/\S+\.py):(\d+) (.+): (killed \(time limit\)|killed|SURVIVED|error) "
+                     r"\(([\d.]+) s, ([\d.]+) s CPU\)", line)
+        if m and sc is not None:
+            res, dt, cpu = m.group(4), float(m.group(5)), float(m.group(6))
+            sc.seconds += dt
+            sc.cpu += cpu
+            total += dt
+            if res == "killed":
+                sc.killed += 1
+            elif res.startswith("killed"):
+                sc.timeout += 1
+            elif res == "SURVIVED":
+                sc.survived.append(by_pos[(int(m.group(2)), m.group(3))])
+        m = re.match(r"\| \*\*all\*\* .* \| ([\d.]+) min \|$", line)
+        if m:
+            total = float(m.group(1)) * 60
+    return [x for x in scores if x.module in modules], total
+
+
 def carry_section(path: Path, md: str) -> str:
     """``md`` (a new BENCHMARKS.md from ``make bench``) with the mutation section of the file at ``path`` kept."""
     try:
@@ -576,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the mutants (and counts) and run nothing")
     p.add_argument("--write", action="store_true", help="write the score into BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help="keep the temporary tree and logs")
+    p.add_argument("--from-log", metavar="FILE", help="run nothing: rebuild the scores from the printed output of "
+                   "an earlier run (e.g. to --write them with explanations added since)")
     a = p.parse_args(argv)
     a.max_mutants = a.max_mutants or None
     modules = list(TARGETS)
@@ -597,9 +638,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {m.line}:{m.col} [{m.scope}] {m.what}: {m.source_line}")
         print(f"total {n}")
         return 0
-    t0 = time.perf_counter()
-    scores = check(modules, a.max_mutants, a.timeout, keep=a.keep, say=lambda s: print(s, flush=True))
-    total_s = time.perf_counter() - t0
+    if a.from_log:
+        scores, total_s = scores_from_log(Path(a.from_log).read_text(), modules)
+    else:
+        t0 = time.perf_counter()
+        scores = check(modules, a.max_mutants, a.timeout, keep=a.keep, say=lambda s: print(s, flush=True))
+        total_s = time.perf_counter() - t0
     text = summary(scores, total_s, a.max_mutants)
     print()
     print(text)
