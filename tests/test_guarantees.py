@@ -397,3 +397,22 @@ def test_the_spec_refuses_a_warmup_ratio_of_one_and_a_single_host():
     one["hosts"] = one["hosts"][:1]
     with pytest.raises(S.SpecError, match="hosts"):
         S.parse(one)
+
+
+def test_bootstrap_p_has_the_plus_one_correction():
+    """Every resample favours one side: p is its floor, 2 (0 + 1) / (n_boot + 1) (never 0), whichever side.
+    Kills: a +1 of the correction dropped or turned into -1."""
+    from pipeline.results.stats import hierarchical_bootstrap
+
+    rng = np.random.default_rng(3)
+    pairs = []
+    for _ in range(12):
+        a = (rng.random(300) < 0.8).astype(float)
+        b = a.copy()
+        b[(a == 1) & (rng.random(300) < 0.3)] = 0  # b loses about a quarter of a's answers, never gains
+        pairs.append((a, b))
+    for n_boot in (999, 2000):
+        res = hierarchical_bootstrap(pairs, n_boot=n_boot, seed=0)
+        assert res["ci_low"] > 0 and res["p"] == pytest.approx(2 / (n_boot + 1), rel=1e-12)
+        res = hierarchical_bootstrap([(b, a) for a, b in pairs], n_boot=n_boot, seed=0)  # every one favours b
+        assert res["ci_high"] < 0 and res["p"] == pytest.approx(2 / (n_boot + 1), rel=1e-12)
