@@ -90,7 +90,8 @@ TARGETS: dict[str, Target] = {
         (f"{G}::test_bootstrap_on_correlated_pairs_is_as_narrow_as_the_paired_differences", "tests/test_stats.py"),
         deselect="is_fast"),
     # spec validation
-    "pipeline/spec.py": Target((G, "tests/test_spec.py", "tests/test_bad_input.py", "tests/test_overrides.py"),
+    "pipeline/spec.py": Target((G, "tests/test_spec.py", "tests/test_bad_input.py", "tests/test_overrides.py",
+                                "tests/test_plan.py::test_a_learning_rate_grid_plans_one_set_of_runs_per_value"),
                                deselect="test_runs_with or test_resume or test_status_verify or test_a_local or "
                                         "test_a_rewritten or test_bootstrap or test_a_torn"),
     # the offline check
