@@ -696,7 +696,7 @@ def render_section(scores: list[Score], total_s: float, max_mutants: int | None,
         "validation, an eval text left in training on the eval-split path, the oldest predictions kept, resume "
         "skipping failed or resubmitting done runs, an unpaired bootstrap) were each put in by hand and each "
         "fails `tests/test_guarantees.py`.", ""]
-    return "\n".join(head) + summary(scores, total_s, max_mutants) + "\n"
+    return "\n".join(head) + "\n" + summary(scores, total_s, max_mutants) + "\n"
 
 
 if __name__ == "__main__":
