@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported:
 
 from benches import report  # noqa: E402
 from benches.common import FULL, ROOT, SMOKE, fmt, load_avg, machine, straddles  # noqa: E402
+from benches.mutate import carry_section  # noqa: E402
 
 BENCHES = ("train", "pack", "overhead", "scale", "merge", "coverage")  # scale = planning + status (3) and scheduler
 # load (5); coverage = the report's 95 % interval on synthetic sweeps with a known difference (7)
@@ -147,7 +148,7 @@ def run(a) -> int:
     if missing:
         problems.append(f"markdown lacks figures {missing}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
+    out.write_text(carry_section(out, md))  # the mutation check's score (make mutate) stays
     total = sum(timings.values())
     console.print(f"wrote {out} ({len(figs)} figures, {total:.0f} s)", highlight=False)
     for prob in problems:
