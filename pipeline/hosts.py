@@ -12,6 +12,14 @@ by a PyPI package or built locally into ``models_dir`` on first use:
   ``all-minilm-l6-v2-tweets-<N>`` is the same recipe with N steps (N = 0 is
   the base re-saved), each built into ``models_dir/<name>``: a host-drift
   study is a list of these names.
+* the receiving-host ladder (``pipeline.run.hostladder``, which documents the
+  recipes and the measured distances and build times): natural drift
+  ``all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>`` (N SimCSE steps at lr m e-k);
+  task drift ``all-minilm-l6-v2-tweetsent-<N>`` (fully fine-tuned on the
+  tweets' 3-way sentiment) and ``all-minilm-l6-v2-mlm-<N>`` (masked-LM);
+  coordinate drift ``all-minilm-l6-v2-perm-<kinds>-<fraction>``, kinds
+  ``heads``, ``ffn``, ``resid`` joined by ``-`` in that order: the same
+  function in permuted coordinates.
 * ``tiny-bert-a``/``-b``, ``tiny-t5-a``/``-b``: tiny random hosts for tests
   and smoke sweeps (``make_tiny_host``).  ``-a`` is a seeded random init with
   a tokenizer trained here; ``-b`` is ``-a`` (same tokenizer, same shape) after
@@ -103,6 +111,9 @@ MINILM_TWEETS = "all-minilm-l6-v2-tweets"  # the second host; ``-<N>``: the same
 MINILM_TWEETS_STEPS = 30  # default N (chosen by measurement; see the module docstring)
 MINILM_SIMCSE = {"batch_size": 32, "max_len": 48, "lr": 5e-5, "temperature": 0.05}
 MINILM_TWEETS_RECIPE = "simcse-v1"  # in build_info.json; a folder built by another recipe is rebuilt
+# the receiving-host ladder (pipeline.run.hostladder): recipe names written to build_info.json
+LADDER_RECIPES = {"simcse": "simcse-v1", "tweetsent": "tweetsent-v1", "mlm": "mlm-v1", "perm": "perm-v1"}
+PERM_KINDS = ("heads", "ffn", "resid")  # canonical order in names
 ST_FILES = ("1_Pooling", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
@@ -139,13 +150,14 @@ def minilm_dir() -> Path:
 
 
 BUILDERS = "pipeline.run.hostbuild"  # the torch side, named (as technique declarations name theirs)
+LADDER_BUILDERS = "pipeline.run.hostladder"
 
 
-def _builders():
+def _builders(module: str = BUILDERS):
     """The building side, loaded by name only when a host must be built: resolving stays torch-free."""
     import importlib
 
-    return importlib.import_module(BUILDERS)
+    return importlib.import_module(module)
 
 
 def _tiny_b(kind: str, out_dir: Path) -> Path:
@@ -159,24 +171,70 @@ def _minilm_tweets_host(steps: int | None = None) -> EmbeddedHost:
                         lambda out: _builders().build_minilm_tweets(out, steps=n), recipe=MINILM_TWEETS_RECIPE)
 
 
-_STEPS_NAME = re.compile(re.escape(MINILM_TWEETS) + r"-(0|[1-9][0-9]{0,5})")  # canonical N: one folder per N
+def _ladder(kind: str, description: str, builder: str, *args) -> EmbeddedHost:
+    build = lambda out: getattr(_builders(LADDER_BUILDERS), builder)(out, *args)  # noqa: E731
+    return EmbeddedHost("bert", f"all-MiniLM-L6-v2 {description}", build, recipe=LADDER_RECIPES[kind])
+
+
+def _simcse_host(m) -> EmbeddedHost:
+    lr, n = float(f"{m[1]}e-{m[2]}"), int(m[3])
+    return _ladder("simcse", f"+ {n} steps of unsupervised SimCSE on the tweets at lr {lr:g}", "build_minilm_simcse",
+                   lr, n)
+
+
+def _perm_host(m) -> EmbeddedHost | None:
+    kinds, frac = m[1].split("-"), float(m[2])
+    if kinds != [k for k in PERM_KINDS if k in kinds]:  # each kind once, in canonical order: one folder per host
+        return None
+    return _ladder("perm", f"with {' + '.join(kinds)} permuted (fraction {frac:g}, seed 0): the same function in "
+                           "other coordinates", "build_minilm_permuted", kinds, frac)
+
+
+_N = r"([1-9][0-9]{0,5})"  # canonical step counts: one folder per value
+_FRAC = r"(1|0\.[0-9]{0,2}[1-9])"
+_KINDS = "|".join(PERM_KINDS)
+# parameterised names: pattern -> host (or None: not canonical)
+PARAMETERISED: tuple[tuple[re.Pattern, Callable], ...] = (
+    (re.compile(re.escape(MINILM_TWEETS) + r"-(0|[1-9][0-9]{0,5})"), lambda m: _minilm_tweets_host(int(m[1]))),
+    (re.compile(r"all-minilm-l6-v2-simcse-lr([1-9])e-([1-9])-" + _N), _simcse_host),
+    (re.compile(r"all-minilm-l6-v2-tweetsent-" + _N), lambda m: _ladder(
+        "tweetsent", f"fully fine-tuned for {m[1]} steps on the tweets' 3-way sentiment", "build_minilm_tweetsent",
+        int(m[1]))),
+    (re.compile(r"all-minilm-l6-v2-mlm-" + _N), lambda m: _ladder(
+        "mlm", f"+ {m[1]} steps of masked-LM on the tweets (fresh MLM head, pooler kept)", "build_minilm_mlm",
+        int(m[1]))),
+    (re.compile(rf"all-minilm-l6-v2-perm-((?:{_KINDS})(?:-(?:{_KINDS}))*)-{_FRAC}"), _perm_host),
+)
+PARAMETERISED_HELP = (f"{MINILM_TWEETS}-<N> (N SimCSE steps), all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>, "
+                      "all-minilm-l6-v2-tweetsent-<N>, all-minilm-l6-v2-mlm-<N>, "
+                      "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>")
+
+
+def _parameterised(key) -> EmbeddedHost | None:
+    if not isinstance(key, str):
+        return None
+    for pattern, make in PARAMETERISED:
+        m = pattern.fullmatch(key)
+        if m is not None:
+            return make(m)
+    return None
 
 
 class _EmbeddedTable(dict):
-    """The embedded hosts by name, plus the parameterised ``all-minilm-l6-v2-tweets-<N>``.
+    """The embedded hosts by name, plus the parameterised ones (``PARAMETERISED``).
 
     Iterating lists the fixed names only; ``in``, ``[]`` and ``get`` also
     answer the parameterised ones.
     """
 
     def __missing__(self, key):
-        m = _STEPS_NAME.fullmatch(key) if isinstance(key, str) else None
-        if m is None:
+        host = _parameterised(key)
+        if host is None:
             raise KeyError(key)
-        return _minilm_tweets_host(int(m.group(1)))
+        return host
 
     def __contains__(self, key) -> bool:
-        return dict.__contains__(self, key) or (isinstance(key, str) and _STEPS_NAME.fullmatch(key) is not None)
+        return dict.__contains__(self, key) or _parameterised(key) is not None
 
     def get(self, key, default=None):
         try:
@@ -209,7 +267,7 @@ def resolve_host(name: str, models_dir: Path | str) -> str:
     key = name[len(PREFIX) :]
     host = EMBEDDED.get(key)
     if host is None:
-        known = ", ".join([*(PREFIX + k for k in EMBEDDED), f"{PREFIX}{MINILM_TWEETS}-<N> (N steps)"])
+        known = ", ".join([*(PREFIX + k for k in EMBEDDED), PREFIX + PARAMETERISED_HELP])
         raise HostError(f"unknown embedded host {name!r}; known: {known}")
     if host.build is None:
         return str(minilm_dir())

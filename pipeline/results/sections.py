@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import stats
 from .document import Doc, cell_text
+from .drift import drift_section
 from .prose import is_hierarchical, summary_paragraph
 from .tables import (
     FEW,
@@ -55,6 +56,7 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
     _learned(doc, extra["did_it_learn"])
     _comparisons(doc, d, pooled, by_dir, metric, n_boot, seed)
     _retention(doc, extra["retention"])
+    drift_section(doc, extra["drift"], extra["drift_tests"], d.hosts)
 
     doc.h(2, "Figures")
     captions = {"bars": "Grouped bars: mean {m} per technique and condition, 95% t-CI over seeds, per host direction "
@@ -62,9 +64,9 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
                 "budget": "{m} against the further-training budget per condition (zero-shot at 0); dashed: the module "
                           "on its origin host",
                 "heatmap": "Mean paired difference by technique and host direction, one panel per budget",
-                "drift": "Zero-shot retention (ported accuracy on the receiving host / the module's accuracy on its "
-                         "origin host; mean and range over seeds) against the receiving host's linear CKA to the "
-                         "origin; solid: ported, dotted: head-only"}
+                "drift": "Zero-shot retention (accuracy on the receiving host / the module's accuracy on its origin "
+                         "host; mean and range over seeds) against the receiving host's distance, per host family; "
+                         "circles: ported, crosses: the no-module floor"}
     for f in figures:
         kind = f.stem.split("_")[0]
         cap = captions[kind].format(m=m)
