@@ -64,9 +64,13 @@ def host_ladder(hosts: dict | None) -> pd.DataFrame:
         rows.append([name, family, kinds, info.get("fraction"), d.get("linear_cka"), d.get("mean_pooled_cosine"),
                      d.get("relative_weight_change"), d.get("probe_accuracy_base"), d.get("probe_accuracy_host"),
                      info.get("steps"), info.get("lr"), info.get("seconds")])
-    return pd.DataFrame(rows, columns=["host", "family", "kinds", "fraction", "linear_cka", "mean_pooled_cosine",
-                                       "relative_weight_change", "probe_base", "probe_host", "steps", "lr",
-                                       "build_seconds"])
+    df = pd.DataFrame(rows, columns=["host", "family", "kinds", "fraction", "linear_cka", "mean_pooled_cosine",
+                                     "relative_weight_change", "probe_base", "probe_host", "steps", "lr",
+                                     "build_seconds"])
+    rank = {f: i for i, f in enumerate(("identical", *FAMILIES))}
+    order = sorted(range(len(df)), key=lambda i: (rank.get(df["family"].iat[i], len(rank)), -df["linear_cka"].iat[i],
+                                                   df["relative_weight_change"].iat[i] or 0.0, df["host"].iat[i]))
+    return df.iloc[order].reset_index(drop=True)  # identical, natural, task, coordinate; nearer hosts first
 
 
 def _zero_shot(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,8 +98,10 @@ def drift_table(runs: pd.DataFrame, hosts: dict | None) -> pd.DataFrame:
         rows.append([tech, ds, recv, h["family"], h["kinds"], h["fraction"], cond, h["linear_cka"],
                      h["mean_pooled_cosine"], h["relative_weight_change"], len(g), g["origin_accuracy"].mean(),
                      g["accuracy"].mean(), ratio.mean(), ratio.min(), ratio.max()])
-    return pd.DataFrame(rows, columns=COLS).sort_values(
-        ["technique", "condition", "family", "linear_cka"], ascending=[True, True, True, False]).reset_index(drop=True)
+    rung = {h: i for i, h in enumerate(ladder.index)}
+    df = pd.DataFrame(rows, columns=COLS)
+    return df.sort_values(["technique", "condition", "receiving_host"], key=lambda c: c.map(rung) if c.name ==
+                          "receiving_host" else c).reset_index(drop=True)  # hosts in ladder order
 
 
 # ---------------------------------------------------------------- technique differences per host
@@ -155,7 +161,8 @@ def technique_tests(runs: pd.DataFrame, preds: stats.Predictions | None, hosts: 
     ladder = host_ladder(hosts).set_index("host")
     losses = _losses(runs, preds)
     rows = []
-    groups = sorted({(h, ds) for h, ds, _ in losses if h in ladder.index})
+    rung = {h: i for i, h in enumerate(ladder.index)}
+    groups = sorted({(h, ds) for h, ds, _ in losses if h in rung}, key=lambda g: (rung[g[0]], g[1]))
     for recv, ds in groups:
         techs = sorted(t for h, d, t in losses if (h, d) == (recv, ds))
         block = []
@@ -235,7 +242,7 @@ def _f(x, fmt="{:.3f}") -> str:
 def _p(p, floor) -> str:
     if p is None or np.isnan(p):
         return "—"
-    return f"< {floor:.4f}" if p <= floor + 1e-15 else f"{p:.4f}"
+    return f"< {floor:.4f}" if p <= floor + 1e-15 else f"{p:.4f}"  # at the resampling floor: not a measured value
 
 
 def drift_section(doc, table: pd.DataFrame, tests: pd.DataFrame, hosts: dict | None) -> None:
@@ -249,13 +256,16 @@ def drift_section(doc, table: pd.DataFrame, tests: pd.DataFrame, hosts: dict | N
           "the origin's function in permuted coordinates: their CKA stays 1 while the weights move; their distance "
           "is the share of heads / FFN units / residual dimensions moved.")
     doc.table(["host", "family", "permuted", "weight change", "cosine", "CKA", "probe (base → host)", "build s"],
-              [[r.host, r.family, f"{r.kinds} {r.fraction:g}" if r.kinds else "—", _f(r.relative_weight_change, "{:.4f}"),
+              [[r.host, r.family, f"{r.kinds} {r.fraction:g}" if isinstance(r.kinds, str) else "—", _f(r.relative_weight_change, "{:.4f}"),
                 _f(r.mean_pooled_cosine), _f(r.linear_cka), f"{_f(r.probe_base)} → {_f(r.probe_host)}",
                 _f(r.build_seconds, "{:.0f}")] for r in ladder.itertuples(index=False)])
     floor = next((c for c in FLOORS if c in set(table["condition"])), None)
     techs = sorted(table["technique"].unique())
     rows = []
-    for (recv, ds), g in table.groupby(["receiving_host", "dataset"], sort=False):
+    cells = table[["receiving_host", "dataset"]].drop_duplicates()
+    cells = cells.assign(_r=cells["receiving_host"].map({h: i for i, h in enumerate(ladder["host"])}))
+    for recv, ds in cells.sort_values(["_r", "dataset"])[["receiving_host", "dataset"]].itertuples(index=False):
+        g = table[(table["receiving_host"] == recv) & (table["dataset"] == ds)]
         row = [recv, ds]
         for t in techs:
             p = g[(g["technique"] == t) & (g["condition"] == "ported")]
@@ -268,7 +278,8 @@ def drift_section(doc, table: pd.DataFrame, tests: pd.DataFrame, hosts: dict | N
     doc.p(f"Zero-shot retention of the ported module (accuracy on the receiving host / the same module's accuracy on "
           f"the origin host), mean over seeds; in brackets the {floor or 'floor'} level on the same host, divided by "
           f"the same origin accuracy." + (" A ported module at its bracketed value carries nothing over." if floor else ""))
-    doc.table(["receiving host", "dataset", *techs], rows)
+    origin = table[table["condition"] == "ported"].groupby("technique")["origin_accuracy"].mean()
+    doc.table(["receiving host", "dataset", *(f"{t} (origin {_f(origin.get(t, np.nan))})" for t in techs)], rows)
     if tests.empty:
         doc.p("No per-example predictions: technique differences not tested.")
         return
@@ -280,4 +291,4 @@ def drift_section(doc, table: pd.DataFrame, tests: pd.DataFrame, hosts: dict | N
     doc.table(["receiving host", "a", "b", "loss a", "loss b", "diff [95% CI]", "p", "p (Holm)", "McNemar p (ported)"],
               [[r.receiving_host, r.a, r.b, _f(r.loss_a), _f(r.loss_b),
                 f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", _p(r.p, r.p_floor), _p(r.p_holm, r.p_floor),
-                _p(r.p_mcnemar_ported, 0.0)] for r in tests.itertuples(index=False)])
+                _p(r.p_mcnemar_ported, 1e-4)] for r in tests.itertuples(index=False)])
