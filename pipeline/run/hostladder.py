@@ -65,6 +65,8 @@ def _load_minilm():
 
 def _save(bert, tokenizer, src: Path, out_dir: Path | str, info: dict, start: float, measure: bool) -> Path:
     """Save a derived host (weights, tokenizer, pooling files), check it loads, measure it, write build_info."""
+    import torch
+
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         quiet()
@@ -78,6 +80,8 @@ def _save(bert, tokenizer, src: Path, out_dir: Path | str, info: dict, start: fl
 
             info["distance"] = host_distance(src, tmp)
         info["seconds"] = round(time.time() - start, 1)
+        info["cpu_seconds"] = round(time.process_time(), 1)  # of the whole process: wall time hides shared cores
+        info["threads"] = torch.get_num_threads()
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
