@@ -159,3 +159,18 @@ def test_trained_rungs_two_steps(tmp_path, builder, family, recipe):
 def test_tweets_labelled_has_three_sentiments():
     data = hostladder.tweets_labelled()
     assert len(data) > 30_000 and {y for _, y in data} == {0, 1, 2}
+
+
+def test_base_features_are_cached_per_fingerprint(tmp_path, monkeypatch):
+    from pipeline.run import hostbuild, hostdist
+
+    host = hostbuild.make_tiny_host("bert", tmp_path / "tiny")
+    texts = ["a fine film", "dull", "@user great game tonight"]
+    state, feats = hostdist.cached_features(host, texts, tmp_path)
+    assert len(list((tmp_path / ".hostdist-cache").glob("*.pt"))) == 1
+    monkeypatch.setattr(hostdist, "host_features", lambda *a, **k: pytest.fail("encoded again"))
+    state2, feats2 = hostdist.cached_features(host, texts, tmp_path)
+    assert torch.equal(feats, feats2) and state.keys() == state2.keys()
+    monkeypatch.undo()
+    hostdist.cached_features(host, texts[:2], tmp_path)  # other texts: another entry
+    assert len(list((tmp_path / ".hostdist-cache").glob("*.pt"))) == 2

@@ -16,6 +16,19 @@ Three families, each built from the shipped all-MiniLM-L6-v2 in a minute or two 
 Every build writes ``build_info.json`` with its ``family``, the recipe and ``distance`` =
 ``hostdist.host_distance(base, host)``; permuted hosts also record the kinds, the fraction, the
 permutations and the largest hidden-state difference to the base after undoing them.
+
+Measured here (2026-11-29, seed 0; distances as in ``hostdist``; wall seconds on 2 cores shared with
+other jobs at load 5-11, so loose upper bounds -- ``cpu_seconds`` in build_info.json is the better figure):
+
+    host                          family      weight change  cosine   CKA    probe  max hidden diff  build s
+    all-minilm-l6-v2-tweets-0     identical   0              1.0      1.0    0.716  0                  377
+    all-minilm-l6-v2-tweets-30    natural     0.0031         0.971    0.974  0.731  -                  587
+    all-minilm-l6-v2-perm-heads-1 coordinate  0.581          1.0      1.0    0.716  2.5e-6             334
+    all-minilm-l6-v2-perm-ffn-1   coordinate  0.239          1.0      1.0    0.716  1.9e-6             172
+    all-minilm-l6-v2-perm-resid-1 coordinate  0.918         -0.010    1.0    0.716  2.2e-6             302
+
+The permuted hosts take ~15 s to build; the rest is measuring (two MiniLM encodings of 3,000 snippets;
+``hostdist.cached_features`` keeps the base's, so later builds encode only the new host).
 """
 
 from __future__ import annotations
