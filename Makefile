@@ -42,7 +42,7 @@ demo-full: $(STAMP) ## the embedded study in full: six techniques, both directio
 tune: $(STAMP) ## the learning-rate sweep behind the demo's per-technique budgets (sweeps/tune.yaml)
 	$(RUN) run sweeps/tune.yaml --workers $(WORKERS)
 
-drift: $(STAMP) ## ported zero-shot retention vs host distance (sweeps/drift.yaml; not in CI)
+drift: $(STAMP) ## every technique ported along the host ladder: natural, task, coordinate drift (sweeps/drift.yaml; not in CI)
 	$(RUN) run sweeps/drift.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/drift.yaml
 

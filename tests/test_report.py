@@ -187,7 +187,8 @@ def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 2_000
     assert {p.name for p in r.tables} == {"stage2_cells.csv", "stage1_cells.csv", "stats_pooled.csv",
                                           "stats_by_direction.csv", "pairs.csv", "missing_runs.csv",
-                                          "retention.csv", "class_balance.csv", "did_it_learn.csv", "hosts.csv", "drift.csv"}
+                                          "retention.csv", "class_balance.csv", "did_it_learn.csv", "hosts.csv", "drift.csv",
+                                          "drift_tests.csv"}
     for p in r.tables:
         pd.read_csv(p)  # readable CSV
     page = r.html.read_text()

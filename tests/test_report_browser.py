@@ -150,7 +150,7 @@ def test_report_html_renders_in_chromium(tmp_path):
                hosts=HOSTS)
     r = report.build(root, tmp_path / "rep", n_boot=300)
     assert {f.name for f in r.figures} >= {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
-                                           "drift_retention_vs_cka.png"}
+                                           "drift_retention_vs_distance.png"}
     res = inspect(r.html)
     assert res["title"].startswith("PEFT portability report")
     assert len(res["images"]) == len(r.figures) and len(res["tables"]) >= 10, (len(res["images"]), len(res["tables"]))

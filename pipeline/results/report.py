@@ -44,7 +44,7 @@ from ..errors import UsageError
 from ..files import atomic_write
 from ..plan import PLAN_COLUMNS
 from . import intervals, stats
-from .drift import drift_table, fig_drift
+from .drift import drift_table, fig_drift, technique_tests
 from .figures import fig_bars, fig_budget, fig_heatmap
 from .sections import document
 from .sweepdata import RUN_NUMBERS, SweepData, load, needs_merge  # noqa: F401  (re-exported: report.load, report.needs_merge)
@@ -140,7 +140,8 @@ def build(root: Path, out: Path | None = None, metric: str = "accuracy", n_boot:
     by_dir = compare(d, done2, ["technique", "host_pair", "regime"], metric, n_boot, seed, interval)
     extra = {"retention": retention_table(d), "class_balance": class_balance_table(d), "did_it_learn": learn_table(d),
              "hosts": hosts_table(d.hosts)}
-    extra["drift"] = drift_table(extra["retention"], d.hosts)
+    extra["drift"] = drift_table(d.runs, d.hosts)
+    extra["drift_tests"] = technique_tests(d.runs, d.preds, d.hosts, seed=seed)
 
     tables = []
     for name, df in (("stage2_cells", cells2), ("stage1_cells", cells1), ("stats_pooled", pooled),
@@ -163,7 +164,7 @@ def build(root: Path, out: Path | None = None, metric: str = "accuracy", n_boot:
         f = fig_heatmap(by_dir, a, b, metric, figdir / f"heatmap_{a}_minus_{b}.png")
         if f:
             figures.append(f)
-    f = fig_drift(extra["drift"], figdir / "drift_retention_vs_cka.png") if draw else None
+    f = fig_drift(extra["drift"], figdir / "drift_retention_vs_distance.png") if draw else None
     if f:
         figures.append(f)
 

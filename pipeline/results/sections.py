@@ -9,6 +9,7 @@ import pandas as pd
 
 from .comparisons import comparisons
 from .document import Doc, cell_text
+from .drift import drift_section
 from .figures import SEED_POINTS
 from .prose import headlines, status_line
 from .sweepdata import SweepData
@@ -54,6 +55,7 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
     _learned(doc, extra["did_it_learn"])
     comparisons(doc, d, pooled, by_dir, metric, n_boot, seed)
     _retention(doc, extra["retention"])
+    drift_section(doc, extra["drift"], extra["drift_tests"], d.hosts)
 
     doc.h(2, "Figures")
     captions = {"bars": "Grouped bars: mean {m} per technique and condition over seeds, per host direction (rows) and "
@@ -62,9 +64,9 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
                 "budget": "{m} against the further-training budget per condition (zero-shot at 0); dashed: the module "
                           "on its origin host",
                 "heatmap": "Mean paired difference by technique and host direction, one panel per budget",
-                "drift": "Zero-shot retention (ported accuracy on the receiving host / the module's accuracy on its "
-                         "origin host; mean and range over seeds) against the receiving host's linear CKA to the "
-                         "origin; solid: ported, dotted: no-module"}
+                "drift": "Zero-shot retention (accuracy on the receiving host / the module's accuracy on its origin "
+                         "host; mean and range over seeds) against the receiving host's distance, per host family; "
+                         "circles: ported, crosses: the no-module floor"}
     for f in figures:
         kind = f.stem.split("_")[0]
         cap = captions[kind].format(m=m)

@@ -161,6 +161,29 @@ def host_features(folder: Path | str, texts: Sequence[str], *, max_len: int = PR
         return model.state_dict(), mean_pooled(model, tok, list(texts), max_len=max_len)
 
 
+def cached_features(folder: Path | str, texts: Sequence[str], cache_dir: Path | str, *, max_len: int = PROBE["max_len"]):
+    """``host_features`` with the features kept in ``cache_dir/.hostdist-cache`` keyed by the host's fingerprint,
+    the texts and ``max_len`` (the base of a ladder is encoded once, not once per rung)."""
+    import hashlib
+
+    import torch
+
+    from ..files import atomic_path
+    from ..hosts import fingerprint
+
+    h = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / ".hostdist-cache" / f"{fingerprint(folder)}-{h}-{max_len}.pt"
+    if path.exists():
+        with torch.random.fork_rng(devices=[]):
+            from transformers import AutoModel
+
+            return AutoModel.from_pretrained(folder).state_dict(), torch.load(path)
+    state, feats = host_features(folder, texts, max_len=max_len)
+    with atomic_path(path) as tmp:
+        torch.save(feats, tmp)
+    return state, feats
+
+
 def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_train: int = PROBE["n_train"],
                   n_test: int = PROBE["n_test"], n_tweets: int = PROBE["n_tweets"],
                   max_len: int = PROBE["max_len"]) -> dict:
@@ -175,7 +198,8 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
     start = time.time()
     _, train_y, _, test_y = probe_data(n_train, n_test)
     texts = eval_texts(n_train, n_test, n_tweets)
-    base_state, fb = base if base is not None else host_features(base_dir, texts, max_len=max_len)
+    base_state, fb = base if base is not None else cached_features(base_dir, texts, Path(host_dir).parent,
+                                                                    max_len=max_len)
     host_state, fh = host_features(host_dir, texts, max_len=max_len)
     if len(fb) != len(texts):
         raise ValueError(f"base features for {len(fb)} texts, expected {len(texts)}")
