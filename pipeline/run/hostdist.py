@@ -49,7 +49,7 @@ PROBE = {"n_train": 2000, "n_test": 1000, "n_tweets": 0, "max_len": 64, "C": 1.0
 @functools.cache
 def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], seed: int = PROBE["seed"]):
     """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets."""
-    from .hostbuild import rotten_tomatoes_labelled
+    from .corpora import rotten_tomatoes_labelled
 
     by_label: dict[int, list[str]] = {0: [], 1: []}
     for text, label in rotten_tomatoes_labelled():
@@ -73,7 +73,7 @@ def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], s
 @functools.cache
 def tweet_sample(n: int = PROBE["n_tweets"], seed: int = PROBE["seed"]) -> tuple[str, ...]:
     """A fixed sample of ``n`` distinct tweets."""
-    from .hostbuild import tweets
+    from .corpora import tweets
 
     return tuple(random.Random(seed).sample(sorted(set(tweets())), n)) if n else ()
 
