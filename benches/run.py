@@ -42,14 +42,16 @@ def gpu_text() -> str:
         import torch
 
         if torch.cuda.is_available():
-            return (f"A CUDA device is visible ({torch.cuda.get_device_name(0)}), but no GPU bench is implemented yet: "
-                    "T5-base + LoRA in bf16, pipeline vs Trainer, samples/s and MFU, is still to be written.")
+            return (f"A CUDA device is visible ({torch.cuda.get_device_name(0)}): `make gpu-check` "
+                    "(`benches/gpu_check.py`) measures it -- run it and put its lines here.")
     except ImportError:  # pragma: no cover
         pass
     return ("Not measured. This machine has no GPU (CPU only), and this task was not lent a GPU machine: the device "
             "tool's status reported `can_start_another: false` (\"this task was not drawn for a device machine\"). "
-            "So there is no samples/s or MFU of T5-base + LoRA in bf16 vs Trainer here; nothing in this file is "
-            "extrapolated to a GPU.")
+            "`make gpu-check` (`benches/gpu_check.py`: MiniLM, a T5-v1.1-base shape and a Qwen2.5-0.5B shape, one "
+            "bf16 run per paper technique; samples/s vs Trainer on the same batches, peak memory, MFU, the ported "
+            "tensors' device and dtype) exists but has not been run on a GPU; only its `--tiny` CPU form runs "
+            "(`tests/test_gpu_check.py`). Nothing in this file is extrapolated to a GPU.")
 
 
 def noise_text(start: str, end: str, figs) -> str:
