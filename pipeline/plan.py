@@ -11,7 +11,7 @@ technique and its params, the data and its split recipe, the seed, the
 training settings that change numbers, and each host's *identity* -- the
 fingerprint of its config and weights (``hosts.fingerprint``) and its
 pooling -- so a rebuilt host or another ``models_dir`` never reuses old
-results.  Settings that do not change a result (``checkpoint_every``,
+results.  Settings that do not change a result (``checkpoint_every``, ``gradient_checkpointing``,
 ``eval_batch_size``; a zero-shot run's training budget) are carried in
 ``settings`` instead, outside the hash.
 
@@ -37,7 +37,7 @@ from .techniques.base import CLASSIFICATION, TRAINING_KEYS
 
 ID_LEN = 12
 EVAL_FIELDS = ("max_length", "precision", "device")  # what a zero-shot run's result depends on of further_training
-SETTINGS = ("checkpoint_every", "eval_batch_size")  # execution settings that never change a result
+SETTINGS = ("checkpoint_every", "eval_batch_size", "gradient_checkpointing")  # settings that never change a result
 SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
 VARYING2 = ("condition", "origin", "regime", "seed", "training")  # of a stage-2 key, within a dataset
@@ -255,8 +255,8 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     conds = [(c, enc(c), CONDITIONS[c]) for c in spec.conditions]
     ft = resolve_precision(spec.further_training.model_dump(), spec.resources.stage2, "further_training", source)
     ot = resolve_precision(spec.origin_training.model_dump(), spec.resources.stage1, "origin_training", source)
-    settings1 = {k: ot[k] for k in SETTINGS}
-    settings2 = {k: ft[k] for k in SETTINGS}
+    settings1 = {k: ot[k] for k in SETTINGS if k in ot}
+    settings2 = {k: ft[k] for k in SETTINGS if k in ft}
     ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}
     ft_eval = {k: ft[k] for k in EVAL_FIELDS}
     ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}

@@ -98,6 +98,7 @@ class Training(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU stage, else fp32 (plan.resolve_precision)
     checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
     frozen_dtype: Literal["fp32", "bf16"] = Field(default="fp32", exclude_if=lambda v: v == "fp32")
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)  # less memory, more compute
 
 
 class Resources(_Strict):

@@ -385,3 +385,34 @@ def test_spec_accepts_causal_lm_and_checks_chat_template(tmp_path):
     bad["hosts"][0]["chat_template"] = True
     with pytest.raises(SpecError, match="chat_template applies to causal-lm hosts only"):
         spec.parse(bad)
+
+
+@pytest.mark.parametrize("technique", ["lora", "bottleneck"])
+def test_gradient_checkpointing_gives_the_same_gradients_and_is_not_hashed(hosts, paths, technique):
+    """``gradient_checkpointing: true`` recomputes activations in the backward pass: the same loss and module
+    gradients (dropout off), so it is an execution setting, outside the run id."""
+    from pipeline import plan as P
+    from pipeline import spec as S
+    from pipeline.run.train import set_gradient_checkpointing
+
+    task = make_task(paths, "qwen2")
+    grads = []
+    for on in (False, True):
+        model = attached(hosts, "tiny-qwen2-a", technique)
+        perturb(model, scale=0.1)
+        model.train()
+        for m in model.modules():  # dropout off: the two passes must see the same masks (none)
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        set_gradient_checkpointing(model, on)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert base.is_gradient_checkpointing == on
+        task.loss(model, batch_of(task)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    d = {"name": "x", "output_dir": "o", "hosts": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m2"}],
+         "host_pairs": [["a", "b"]], "datasets": [{"name": "rt", "source": "embedded:rotten_tomatoes"}],
+         "techniques": ["lora"], "conditions": ["ported"], "regimes": ["zero-shot", 10], "seeds": [0]}
+    ids = lambda **kw: [r.run_id for r in P.build(S.parse({**d, **kw})).runs]  # noqa: E731
+    assert ids(origin_training={"gradient_checkpointing": True}) == ids()

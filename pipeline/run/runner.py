@@ -167,7 +167,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     What each stage-2 condition loads is declared in ``pipeline/conditions.py``
     and done by ``prepare``.
     """
-    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, run_settings, set_frozen_dtype, train
+    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, run_settings, set_frozen_dtype, set_gradient_checkpointing, train
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
@@ -186,6 +186,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     model, checks = prepare(cfg, task, model, sweep.module(row["needs"]) if row.get("needs") else None)
     spec = sweep.spec
     set_frozen_dtype(model, training.frozen_dtype)
+    set_gradient_checkpointing(model, training.gradient_checkpointing)
     acc = accelerator(dev, tracking.trackers(spec.tracking, sweep.root, spec.name, row))
     tracking.start(acc, spec.name, {k: row.get(k) for k in ("run_id", "stage", "technique", "condition", "host_pair",
                                                              "seed", "regime", "dataset", "variant")}

@@ -162,6 +162,17 @@ def set_frozen_dtype(model, frozen_dtype: str) -> None:
             p.data = p.data.to(dtype)
 
 
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Recompute the host's activations in the backward pass instead of keeping them (decoder hosts on a GPU:
+    activation memory ~ layers x batch x length falls to ~ one layer's); the same numbers, more compute."""
+    if not on:
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def release() -> None:
     """Free what a finished (or failed) run held before the next run of a pack starts: under bf16,
     accelerate leaves a reference cycle (``model._original_forward``) that keeps a run's model, optimizer
