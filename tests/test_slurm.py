@@ -146,6 +146,29 @@ def test_sweep_through_arrays_with_dependency_to_merged_results(make_spec):
     print(f"submit {submit_s:.1f} s, whole sweep {time.time() - t0:.0f} s")
 
 
+def test_a_decoder_sweep_through_slurm(make_spec):
+    """A causal-lm pair (tiny Qwen2 hosts) through the real Slurm: stage 1 trains, stage 2 ports after it,
+    every condition runs, the merge has one row per planned run."""
+    spec, sweep = make_spec(
+        hosts=[{"name": "qa", "model": "embedded:tiny-qwen2-a", "task": "causal-lm"},
+               {"name": "qb", "model": "embedded:tiny-qwen2-b", "task": "causal-lm"}],
+        host_pairs=[["qa", "qb"]],
+        datasets=[{"name": "rt", "source": "embedded:rotten_tomatoes", "template": "Review: {text}\nSentiment:",
+                   "train_size": 128, "eval_size": 32}],
+        conditions=["ported", "scratch", "no-module"], regimes=["zero-shot"])
+    out = cli("sweep", spec)
+    assert "1 stage-1 + 3 stage-2 runs" in out, out
+    wait_idle(sweep, 300)
+    st = counts(cli("status", sweep))
+    assert st["all"]["done"] == st["all"]["total"] == 4, st
+    cli("merge", sweep)
+    rows = pq.read_table(sweep / "results.parquet").to_pylist()
+    planned = pq.read_table(sweep / "plan.parquet").column("run_id").to_pylist()
+    assert sorted(r["run_id"] for r in rows) == sorted(planned)
+    ported = [r for r in rows if r["condition"] == "ported"]
+    assert ported and ported[0]["port_exact"] and ported[0]["slurm_job_id"]  # ran inside a Slurm job
+
+
 def test_failed_run_shows_its_error_and_resume_finishes_it(make_spec):
     spec, sweep = make_spec(conditions=["ported", "scratch"], regimes=["zero-shot"])
     cli("sweep", spec)
