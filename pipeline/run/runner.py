@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import techniques as T
-from ..conditions import CONDITIONS, FREE, NONE, PORTED, SAMPLED
+from ..conditions import CONDITIONS, FREE, NONE, PORTED, SAMPLED, TRAINED
 from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
@@ -141,7 +141,7 @@ def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.
     checks: dict = {}
     if cond is None:
         return model, checks
-    formulation = FREE if task.kind != T.CLASSIFICATION else "trained"
+    formulation = TRAINED if task.kind == T.CLASSIFICATION else FREE
     head = cond.head(formulation, cfg.get("port_head", True))
     checks.update({"loaded_module": cond.module, "loaded_head": head})
     if not cond.needs_stage1(formulation, cfg.get("port_head", True)):
