@@ -144,6 +144,7 @@ def test_scontrol_requeue_of_a_running_task_resumes_with_the_metrics_of_an_unint
     resumed_at = ts._ckpt_step(ckpt)  # killed: nothing writes it until the task starts again
     assert resumed_at and resumed_at % 20 == 0 and resumed_at < steps, resumed_at
     assert not done.exists(), "the first attempt finished before Slurm killed it: make training longer"
+    ts.release_requeue_hold(task)
 
     ts.wait_for(done.exists, 300, "the requeued task to finish the run", poll=1)
     assert local.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()

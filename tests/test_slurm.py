@@ -82,6 +82,17 @@ def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
         time.sleep(poll)
 
 
+def release_requeue_hold(job: str, timeout: float = 60) -> None:
+    """Slurm holds a requeued job back (Reason=BeginTime, about 120 s after the requeue) before it may start
+    again.  That wait is Slurm's policy, not the pipeline's: an operator's ``scontrol update StartTime=now``
+    lifts it, so a requeue test waits for the pipeline's resume, not for the clock."""
+    def held():
+        out = subprocess.run(["squeue", "-h", "-o", "%T %r", "-j", job], capture_output=True, text=True).stdout
+        return "BeginTime" in out or "RUNNING" in out
+    wait_for(held, timeout, f"job {job} to be held after its requeue", poll=0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+
+
 def counts(status_out: str) -> dict[str, dict[str, int]]:
     """The stage x state table of `pipeline status` -> {'1': {'done': 3, ...}, '2': ..., 'all': ...}."""
     states = ("done", "waiting", "pending", "running", "failed", "timeout", "cancelled", "missing", "total")
@@ -239,6 +250,7 @@ def test_timed_out_task_is_requeued_and_resumes_from_its_checkpoint(make_spec):
     assert saved and saved > 0  # checkpointed at the signal
     st = counts(cli("status", sweep))
     assert st["1"]["pending"] + st["1"]["running"] == 1, st  # requeued, not failed
+    release_requeue_hold(job)
 
     wait_for(lambda: "resuming from checkpoint" in read(), 180, "the requeued task to start again", poll=2)
     seen = []
