@@ -10,6 +10,7 @@ more workers than GPUs); a CPU stage's workers see no GPU.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -27,10 +28,26 @@ from .layout import resources
 
 
 def split(run_ids: list[str], n: int) -> list[list[str]]:
-    """n views of all the runs, each starting at another point: the workers steal work from one
-    another (a run is claimed by a lock while it runs), so none idles while another has a queue."""
+    """n views of all the runs, view i starting i runs further: the workers steal work from one
+    another (a run is claimed by a lock while it runs), so none idles while another has a queue, and
+    together they take the runs in the given order (``longest_first``: the stage ends with short runs,
+    not with one worker finishing a long one while the others idle)."""
     n = max(1, min(n, len(run_ids)))
-    return [run_ids[i * len(run_ids) // n:] + run_ids[:i * len(run_ids) // n] for i in range(n)]
+    return [run_ids[i:] + run_ids[:i] for i in range(n)]
+
+
+def longest_first(sweep: Sweep, run_ids: list[str]) -> list[str]:
+    """``run_ids`` by their training work (steps x batch size: a stage-1 run's budget, a stage-2 run's
+    regime), the most first; plan order among equals."""
+    rows = sweep.plan_rows
+
+    def work(rid: str) -> int:
+        cfg = json.loads(rows[rid]["config_json"])
+        training = cfg.get("training") or {}
+        steps = training.get("steps") if cfg.get("stage") == 1 else cfg.get("regime")
+        return int(steps or 0) * int(training.get("batch_size") or 1)
+
+    return sorted(run_ids, key=work, reverse=True)
 
 
 def visible_gpus() -> list[str]:
@@ -94,7 +111,7 @@ def run_local(sweep: Sweep, workers: int = 2, debug: bool = False, console=None)
         if not todo:
             console.print(f"stage {stage}: all {total} runs already done")
             continue
-        packs = split(todo, 1 if debug else workers)
+        packs = split(longest_first(sweep, todo), 1 if debug else workers)
         # threads follow --workers, not the pack count, so a rerun of a few runs uses the same
         # float reduction order as the first pass and reproduces its numbers bit for bit
         threads = max(1, (os.cpu_count() or 1) // (1 if debug else workers))
