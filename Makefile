@@ -62,8 +62,8 @@ summary: $(STAMP) ## print SWEEP's summary table
 test: $(STAMP) ## the whole test suite; as root it first brings up the local Slurm and installs chromium (browser test)
 	@if [ "$$(id -u)" = 0 ]; then bash slurm/cluster.sh start; bash tests/setup_browser.sh; \
 	 else echo "not root: cannot start the local Slurm; its tests are skipped (PIPELINE_SKIP_SLURM=1)"; fi
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m pytest -q; \
-	 else PIPELINE_SKIP_SLURM=1 $(BIN)/python -m pytest -q; fi
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m pytest -q --durations=15; \
+	 else PIPELINE_SKIP_SLURM=1 $(BIN)/python -m pytest -q --durations=15; fi
 
 test-fast: $(STAMP) ## the quick subset for the edit-test loop (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
