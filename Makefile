@@ -35,7 +35,7 @@ demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the sum
 	$(RUN) run sweeps/demo.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo.yaml
 
-demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions, three seeds (~40 min)
+demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions, three seeds (~45 min here, estimated)
 	$(RUN) run sweeps/demo-full.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo-full.yaml
 
