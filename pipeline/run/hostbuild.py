@@ -26,7 +26,7 @@ from ..hosts import (
     HostError,
     minilm_dir,
 )
-from .corpora import rotten_tomatoes_labelled, rotten_tomatoes_snippets, tweets  # noqa: F401  (re-exported)
+from .corpora import rotten_tomatoes_snippets, tweets
 from .runner import quiet
 
 # ---------------------------------------------------------------- building helpers
@@ -352,6 +352,11 @@ def make_tiny_host(kind: str, out_dir: Path | str, seed: int = 0, *, base: Path 
     if steps:
         trained = {k: v for k, v in before.items() if not k.startswith("pooler.")}
         info["mean_relative_weight_change"] = round(_relative_change(trained, model.state_dict()), 6)
+    return save_tiny_host(out_dir, model, tokenizer, info)
+
+
+def save_tiny_host(out_dir: Path | str, model, tokenizer, info: dict) -> Path:
+    """``model``, ``tokenizer`` and ``build_info.json`` (``info``) into ``out_dir``, which appears only complete."""
     out_dir = Path(out_dir)
     with _atomic_dir(out_dir) as tmp:
         quiet()

@@ -20,13 +20,11 @@ base and instruct versions of a hub model are.  Saved with ``save_pretrained`` a
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
-from ..files import atomic_dir
 from ..hosts import DECODER_SHAPES, HostError
-from .hostbuild import _batches, _relative_change, _tokenizer_texts, tweets
-from .runner import quiet
+from .corpora import tweets
+from .hostbuild import _batches, _relative_change, _tokenizer_texts, save_tiny_host
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -126,10 +124,4 @@ def make_tiny_decoder(kind: str, out_dir: Path | str, seed: int = 0, *, base: Pa
     if steps:
         info["loss_first"], info["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
         info["mean_relative_weight_change"] = round(_relative_change(before, model.state_dict()), 6)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        quiet()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return out_dir
+    return save_tiny_host(out_dir, model, tokenizer, info)

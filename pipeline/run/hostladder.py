@@ -96,6 +96,7 @@ from pathlib import Path
 
 from ..files import atomic_dir
 from ..hosts import LADDER_RECIPES, MINILM_SIMCSE, PERM_KINDS, TWEETS, HostError, _package_dir, minilm_dir
+from .corpora import tweets
 from .hostbuild import (
     _batches,
     _check_classifier_loads,
@@ -103,7 +104,6 @@ from .hostbuild import (
     _relative_change,
     continue_mlm,
     continue_simcse,
-    tweets,
 )
 from .runner import quiet
 
