@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import sys
 import tempfile
 import time
@@ -121,14 +120,6 @@ def placement_problems(model, device, frozen_dtype, state=None) -> list[str]:
 
 
 # ---------------------------------------------------------------- one host x technique
-def _peak_mb(cuda: bool) -> float:
-    import torch
-
-    if cuda:
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _reset_peak(cuda: bool) -> None:
     import torch
 
@@ -204,7 +195,7 @@ def check_one(env, host: Host, path: str, technique: str) -> dict:
 
     from pipeline.run import port, runner
     from pipeline.run import techniques as RT
-    from pipeline.run.train import DTYPES, accelerator, evaluate, release, set_frozen_dtype, to_device, train
+    from pipeline.run.train import DTYPES, accelerator, evaluate, peak_memory_mb, release, set_frozen_dtype, to_device, train
 
     task, cfg, cuda, hosts = env["task"], env["cfg"], env["cuda"], env["hosts"]
     device = "cuda" if cuda else "cpu"
@@ -232,7 +223,7 @@ def check_one(env, host: Host, path: str, technique: str) -> dict:
     torch.manual_seed(SEED)
     got = train(model, task, tr_split.texts, tr_split.labels, steps=total, lr=lr, cfg=cfg, seed=SEED, acc=acc,
                 on_step=lambda _s: marks.append(time.perf_counter()))
-    out["peak_mb"] = _peak_mb(cuda)
+    out["peak_mb"] = peak_memory_mb(env["dev"])
     out["pipeline_sps"] = _window(marks, env)
     out["train_loss"] = got["train_loss"]
     model = acc.unwrap_model(model)
