@@ -30,16 +30,18 @@ def comparisons(doc: Doc, d: SweepData, pooled: pd.DataFrame, by_dir: pd.DataFra
     tail = (f" {lacking} run pair(s) lack per-example predictions for one of their runs (older or failed prediction "
             f"files) and are left out." if lacking else "")
     if method == "two-level t":
-        doc.p(pairs + "95% CI: two-level t interval — the estimate's variance is split into a **seed part** (how the "
-              "run pairs' mean differences vary from seed to seed within a host direction and dataset) and an "
-              "**example part** (how the per-example difference varies over the eval examples, which every seed and "
-              "both conditions share, less the run-pair noise); each part gets its own quantile, t on the seed "
-              "degrees of freedom (seeds − 1, summed over host directions and datasets) and t on the example degrees "
-              "of freedom (about 1.96), and the two half-widths add in quadrature "
-              "(`pipeline/results/intervals.py`). Its coverage of a known difference is measured on synthetic sweeps "
-              "with crossed example effects and a seed random effect (BENCHMARKS.md, “Interval coverage”). p: "
-              "analytic, the interval inverted (the α at which the 1 − α interval reaches 0); no resampling, so no "
-              "resampling floor. " + holm + MCNEMAR.format(alpha=stats.ALPHA) + tail)
+        doc.p(pairs + "95% CI: two-level t interval — the estimate's variance is split into a **seed part** and an "
+              "**example part**. The seed part clusters on the seed: a seed fixes the module's initial values, the batch "
+              "order and the sampling noise in every host direction and dataset, so each run pair's mean difference, "
+              "less its host direction and dataset's mean, is summed per seed and the spread of those per-seed sums "
+              "gives the seed part, on t with seeds − 1 degrees of freedom (not summed over host directions and "
+              "datasets: they are not independent replicates). The example part is taken within each host direction "
+              "and dataset (how the per-example difference varies over the eval examples, which every seed and both "
+              "conditions share, less the run-pair noise), on t with the example degrees of freedom (about 1.96); the "
+              "two half-widths add in quadrature (`pipeline/results/intervals.py`). Its coverage of a known difference "
+              "is measured on synthetic sweeps shaped like every grid in `sweeps/` (BENCHMARKS.md, “Interval "
+              "coverage”). p: analytic, the interval inverted (the α at which the 1 − α interval reaches 0); no "
+              "resampling, so no resampling floor. " + holm + MCNEMAR.format(alpha=stats.ALPHA) + tail)
     elif method == "hierarchical bootstrap":
         doc.p(pairs + f"95% CI: percentile interval of a two-level bootstrap ({n_boot} resamples, seed {seed}): run "
               f"pairs drawn with replacement, then examples within each drawn pair (the same examples for a and b) — "
@@ -89,8 +91,10 @@ def stats_rows(comp: pd.DataFrame, by: list[str]):
         flagged = [few(r) for _, r in comp.iterrows()]
         if any(flagged) and (comp["method"] == "two-level t").any():
             notes.append(f"{FEW} beside an interval: coverage unreliable — fewer than {FEW_SEED_DF} seed-level degrees "
-                         f"of freedom (2 seeds per host direction and dataset), so the seed part uses t(1) = 12.7; "
-                         f"honest only as far as seed effects are roughly normal.")
+                         f"of freedom (2 seeds), so the seed part uses t(1) = 12.7 and is honest only as far as seed "
+                         f"effects are roughly normal; or its shape (host directions × datasets, seeds) falls in a cell "
+                         f"where the coverage simulation (BENCHMARKS.md, figures 7) found the 95 % interval outside "
+                         f"0.93–0.97.")
         elif any(flagged):
             notes.append(f"{FEW} beside an interval: fewer than {stats.MIN_UNITS} run pairs behind it — resampling so "
                          f"few units gives an interval that is likely too narrow; read it as rough.")
