@@ -83,15 +83,20 @@ class Setting:
 
 
 SETTINGS = {s.name: s for s in (
-    # calibrated by `calibrate` on the demo's runs (see `DEMO_CALIBRATION`); "seed" triples its seed effect
-    Setting("demo", 1.42, 1.10, example_sd=1.6, interaction_sd=0.6, seed_sd=0.08,
-            what="calibrated to the demo"),
+    # `python -m benches.calibrate_coverage runs/demo` on the demo's Compacter runs (3 seeds; ported vs scratch,
+    # sampled and no-module at zero-shot and after 10 steps; 5 comparisons, scratch and no-module coincide at
+    # zero-shot): median moments acc_a 0.745, acc_b 0.629, seed SD of a pair's difference 0.0214, example-level
+    # variance 0.142, residual mean square 0.146, each matched by the model within 0.001
+    Setting("demo", 2.378, 0.747, example_sd=2.041, interaction_sd=2.810, seed_sd=0.0750,
+            what="calibrated to the demo's runs (accuracies 0.745 vs 0.629; a run pair's difference varies from "
+                 "seed to seed with SD 0.021; moments matched by benches/calibrate_coverage.py)"),
 )}
 
 
 def with_seed_x3(s: Setting) -> Setting:
     return replace(s, name="seed", seed_sd=3 * s.seed_sd, what=f"the demo setting with its seed effect x3 "
-                                                              f"(seed_sd {3 * s.seed_sd:.3f})")
+                                                              f"(seed_sd {3 * s.seed_sd:.3f}: a pair's difference "
+                                                              f"varies from seed to seed with SD about 0.05)")
 
 
 SETTINGS["seed"] = with_seed_x3(SETTINGS["demo"])
@@ -221,34 +226,45 @@ def observed_moments(df, preds, contrasts) -> list[dict]:
     return out
 
 
-def calibrate(target: dict, seeds: int = 3, examples: int = 500, sims: int = 60, rng: int = 0) -> Setting:
-    """The probit setting whose moments (one stratum, ``seeds`` seeds) match ``target`` (the five ``MOMENTS``):
-    simulated with common random numbers, Nelder-Mead on the squared relative errors."""
+def calibrate(target: dict, seeds: int = 3, examples: int = 500, sims: int = 80, rng: int = 0) -> Setting:
+    """The probit setting whose moments (one stratum, ``seeds`` seeds) match ``target`` (the five ``MOMENTS``).
+    The accuracies are matched in closed form (mu = Phi^-1(acc) x the latent SD), the three SDs by simulation with
+    common random numbers (Nelder-Mead on log SDs, squared relative errors of the other three moments)."""
     from scipy import optimize, stats
 
     r = np.random.default_rng(rng)
     z = {"u": r.standard_normal((sims, 1, examples)), "e": r.standard_normal((sims, 1, examples)),
          "v": r.standard_normal((sims, seeds, 2, 1)), "ea": r.standard_normal((sims, seeds, examples)),
          "eb": r.standard_normal((sims, seeds, examples))}
+    qa, qb = stats.norm.ppf(target["acc_a"]), stats.norm.ppf(target["acc_b"])
+
+    def setting(x) -> Setting:
+        ex_sd, in_sd, sd = (float(v) for v in np.exp(x))
+        return Setting("demo", float(qa * math.sqrt(1 + ex_sd ** 2 + in_sd ** 2 + sd ** 2)),
+                       float(qb * math.sqrt(1 + ex_sd ** 2 + sd ** 2)), ex_sd, in_sd, sd)
 
     def model(x):
-        ex_sd, in_sd, sd = np.exp(x[2:5])
-        ya = x[0] + ex_sd * z["u"] + in_sd * z["e"] + sd * z["v"][:, :, 0] + z["ea"] > 0
-        yb = x[1] + ex_sd * z["u"] + sd * z["v"][:, :, 1] + z["eb"] > 0
+        st = setting(x)
+        ya = st.mu_a + st.example_sd * z["u"] + st.interaction_sd * z["e"] + st.seed_sd * z["v"][:, :, 0] + z["ea"] > 0
+        yb = st.mu_b + st.example_sd * z["u"] + st.seed_sd * z["v"][:, :, 1] + z["eb"] > 0
         ms = [moments(ya[i], yb[i]) for i in range(sims)]
         return {k: float(np.mean([mm[k] for mm in ms])) for k in MOMENTS}
 
-    scale = {k: max(abs(target[k]), 1e-4) for k in MOMENTS}
+    # the seed SD moves the seed moment alone (nearly): alternate a 2-D fit of the example-level SDs to example_var
+    # and ms_res with a 1-D root of the seed SD on seed_sd_pair (0 where the target lies below the no-seed floor)
+    x = np.array([math.log(1.6), math.log(0.6), math.log(0.05)])
+    for _ in range(3):
+        def loss(y, sd=x[2]):
+            got = model(np.r_[y, sd])
+            return sum(((got[k] - target[k]) / max(abs(target[k]), 1e-4)) ** 2 for k in ("example_var", "ms_res"))
 
-    def loss(x):
-        got = model(x)
-        return sum(((got[k] - target[k]) / scale[k]) ** 2 for k in MOMENTS)
+        x[:2] = optimize.minimize(loss, x[:2], method="Nelder-Mead", options={"maxiter": 300, "xatol": 1e-3}).x
 
-    tot = math.sqrt(1 + 1.6 ** 2)
-    x0 = [stats.norm.ppf(target["acc_a"]) * tot, stats.norm.ppf(target["acc_b"]) * tot, math.log(1.6), math.log(0.6),
-          math.log(0.1)]
-    res = optimize.minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-6})
-    ex_sd, in_sd, sd = np.exp(res.x[2:5])
-    fit = model(res.x)
-    what = ("calibrated to the demo's runs: " + ", ".join(f"{k} {target[k]:.4g} (model {fit[k]:.4g})" for k in MOMENTS))
-    return Setting("demo", float(res.x[0]), float(res.x[1]), float(ex_sd), float(in_sd), float(sd), what=what)
+        def gap(sd):
+            return model(np.r_[x[:2], math.log(max(sd, 1e-9))])["seed_sd_pair"] - target["seed_sd_pair"]
+
+        x[2] = math.log(optimize.brentq(gap, 1e-9, 3.0, xtol=1e-4) if gap(1e-9) < 0 < gap(3.0) else 1e-9)
+    st, fit = setting(x), model(x)
+    what = ("calibrated to the demo's runs (median moments over their comparisons): "
+            + ", ".join(f"{k} {target[k]:.4g} (model {fit[k]:.4g})" for k in MOMENTS))
+    return replace(st, what=what)

@@ -159,6 +159,9 @@ def _seed_part(rows: list[Unit], dbar: np.ndarray, strata: dict, n: int) -> tupl
     total = 0.0
     for us in clusters.values():
         e = resid[us]
+        if len({rows[i].stratum for i in us}) == len(us):  # one pair per stratum (the usual case): I - H_gg diagonal
+            total += float((e * np.sqrt(k[us] / (k[us] - 1))).sum() / n) ** 2
+            continue
         # I - H_gg for the stratum-mean design: 1 - 1/k on the diagonal, -1/k between two pairs of one stratum
         same = np.array([[rows[i].stratum == rows[j].stratum for j in us] for i in us], dtype=float)
         m = np.eye(len(us)) - same / k[us][None, :]
@@ -185,12 +188,14 @@ def _example_part(rows: list[Unit], strata: dict, n: int) -> tuple[float, int]:
             us = strata[s]
             mat = _matrix([rows[i] for i in us], ids)  # pairs x examples, NaN where a pair lacks an example
             k = len(us)
-            col = np.nanmean(mat, axis=0)
+            full = not np.isnan(mat).any()
+            mean = np.mean if full else np.nanmean
+            col = mean(mat, axis=0)
             seen = ~np.isnan(col)
             w = k / n
             z[seen] += w * (col[seen] - col[seen].mean())
             if k > 1:
-                resid = mat - np.nanmean(mat, axis=1, keepdims=True) - col[None, :] + np.nanmean(mat)
+                resid = mat - mean(mat, axis=1, keepdims=True) - col[None, :] + mean(mat)
                 ms_res = float(np.nansum(resid ** 2)) / max(1, (k - 1) * (int(seen.sum()) - 1))
                 noise += w ** 2 * ms_res / k
         total += max(0.0, float((z ** 2).sum()) / (m - 1) - noise) / m
@@ -200,11 +205,15 @@ def _example_part(rows: list[Unit], strata: dict, n: int) -> tuple[float, int]:
 
 def half_width(seed_var: float, seed_df: float, example_var: float, example_df: float, level: float = 0.95) -> float:
     """Each part with its own quantile, added in quadrature: sqrt(t(seed_df)^2 * seed_var + t(example_df)^2 * example_var)."""
+    q = 0.5 + level / 2
+    return math.sqrt(sum(_t(q, df) ** 2 * v for v, df in ((seed_var, seed_df), (example_var, example_df)) if v > 0))
+
+
+@lru_cache(maxsize=4096)
+def _t(q: float, df: float) -> float:
     from scipy.stats import t
 
-    q = 0.5 + level / 2
-    return math.sqrt(sum(float(t.ppf(q, df)) ** 2 * v for v, df in ((seed_var, seed_df), (example_var, example_df))
-                         if v > 0))
+    return float(t.ppf(q, df))
 
 
 def p_value(est: float, seed_var: float, seed_df: float, example_var: float, example_df: float) -> float:
