@@ -36,7 +36,7 @@ def before(units) -> dict:
     replicates; example part per dataset with the residual taken across strata (both as issue 25 found them)."""
     from pipeline.results import intervals
 
-    rows = [intervals.Unit(*u) for u in units]
+    rows = [intervals.Unit(u[0], u[1], u[2], u[3], np.asarray(u[4], float), np.asarray(u[5], float)) for u in units]
     n = len(rows)
     dbar = np.array([np.mean(r.a - r.b) for r in rows])
     strata: dict = {}
