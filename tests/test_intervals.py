@@ -236,3 +236,17 @@ def test_coverage_with_shared_seeds_and_the_pooled_interval_under_covers():
         assert 0.92 <= r["coverage"] <= 0.98 and r["no_interval"] == 0, r
     old = coverage.coverage(s, coverage.Cell(4, 3, "shared"), 300, method=before, seed=11)
     assert old["coverage"] < 0.85, old
+
+
+def test_calibration_recovers_a_known_setting():
+    """Moments measured on sweeps of a known probit setting lead `calibrate` back to its standard deviations."""
+    true = coverage.Setting("t", 1.2, 0.6, example_sd=1.5, interaction_sd=0.8, seed_sd=0.2)
+    cell = coverage.Cell(1, 3, "shared")
+    ya, yb = coverage.sweeps(true, cell, 120, rng=4)
+    ms = [coverage.moments(ya[r, :, 0], yb[r, :, 0]) for r in range(len(ya))]
+    target = {k: float(np.mean([m[k] for m in ms])) for k in coverage.MOMENTS}
+    fit = coverage.calibrate(target, seeds=3, rng=9)
+    assert fit.example_sd == pytest.approx(1.5, rel=0.15)
+    assert fit.interaction_sd == pytest.approx(0.8, rel=0.2)
+    assert fit.seed_sd == pytest.approx(0.2, rel=0.35)
+    assert fit.truth() == pytest.approx(true.truth(), abs=0.01)

@@ -28,11 +28,12 @@ The true difference is the pair-weighted mean over strata of the accuracy differ
 and new seeds: ``E Phi((mu_a + off_h + v) / sqrt(1 + example_sd^2 + interaction_sd^2)) - E Phi((mu_b + v) /
 sqrt(1 + example_sd^2))`` over v's distribution (closed form for normal v, quadrature for t3).
 
-**Calibration** (``calibrate``): the demo's stage-2 runs give, for every zero-shot and further-training comparison
-of one technique with 3 seeds in one stratum, five moments -- both accuracies, the SD over seeds of a run pair's
-mean difference, the example-level variance of the difference (the crossed ANOVA's ``(MS_example - MS_residual) /
-seeds``) and the residual mean square; their medians over comparisons are matched by the model's moments
-(simulated with common random numbers, Nelder-Mead on squared relative error).  ``SETTINGS["demo"]`` holds the
+**Calibration** (``calibrate``; ``python -m benches.calibrate_coverage SWEEP``): a sweep's stage-2 runs give, for
+every comparison of its three contrasts with >= 2 seeds in one stratum (technique x regime x host direction x
+dataset), five moments -- both accuracies, the SD over seeds of a run pair's mean difference, the example-level
+variance of the difference (the crossed ANOVA's ``(MS_example - MS_residual) / seeds``) and the residual mean
+square; their medians over comparisons are matched by the model's: the accuracies in closed form, the three SDs by
+simulation with common random numbers.  ``SETTINGS["demo"]`` holds the
 result (the numbers and the runs they came from are in its ``what``); ``SETTINGS["seed"]`` triples its seed
 effect.  ``benches/bench_coverage.py`` runs every cell of ``CELLS`` (figures 7 in BENCHMARKS.md) and writes
 ``coverage_cells.json``, from which the report marks intervals whose shape falls in a cell that misses.
