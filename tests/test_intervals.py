@@ -45,7 +45,9 @@ def test_balanced_one_stratum_is_the_crossed_anova():
     assert r["mean_diff"] == pytest.approx(g) and r["n_units"] == 4 and r["n_examples"] == 4 * n
     assert r["seed_var"] == pytest.approx(ms_s / (s * n)) and r["seed_df"] == 3
     assert r["example_var"] == pytest.approx((ms_e - ms_r) / (s * n))
-    h = math.sqrt(sps.t.ppf(0.975, 3) ** 2 * r["seed_var"] + sps.t.ppf(0.975, n - 1) ** 2 * r["example_var"])
+    assert r["noise_var"] == pytest.approx(ms_r / (s * n))  # the run-pair noise inside the seed part
+    h = math.sqrt(sps.t.ppf(0.975, 3) ** 2 * (ms_s - ms_r) / (s * n) + sps.t.ppf(0.975, 3 * (n - 1)) ** 2 * ms_r / (s * n)
+                  + sps.t.ppf(0.975, n - 1) ** 2 * r["example_var"])
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((g - h, g + h))
     assert not r["few_seeds"] and not r["no_variation"]
 
@@ -56,7 +58,7 @@ def test_two_seeds_use_t_with_one_degree_of_freedom():
     r = intervals.two_level(_units(d))
     assert r["seed_df"] == 1 and r["few_seeds"]
     half = (r["ci_high"] - r["ci_low"]) / 2
-    assert half >= 12.7 * math.sqrt(r["seed_var"])
+    assert half >= 12.7 * math.sqrt(r["seed_var"] - r["noise_var"])
     boot = stats.hierarchical_bootstrap([(u[4], u[5]) for u in _units(d)], n_boot=4000)
     assert boot["ci_high"] - boot["ci_low"] < 0.5 * (r["ci_high"] - r["ci_low"])
 
@@ -66,7 +68,9 @@ def test_p_is_the_interval_inverted():
         r = intervals.two_level(_units(_sweep(3, rng=rng)))
         excludes_zero = r["ci_low"] > 0 or r["ci_high"] < 0
         assert (r["p"] < 0.05) == excludes_zero
-        at_p = intervals.half_width(r["seed_var"], r["seed_df"], r["example_var"], r["n_examples"] // 3 - 1, 1 - r["p"])
+        m = r["n_examples"] // 3
+        parts = ((r["seed_var"] - r["noise_var"], 2), (r["noise_var"], 2 * (m - 1)), (r["example_var"], m - 1))
+        at_p = intervals.half_width(parts, 1 - r["p"])
         assert at_p == pytest.approx(abs(r["mean_diff"]), rel=1e-6)  # the 1 - p interval just reaches 0
 
 
@@ -208,12 +212,14 @@ def test_shape_miss_reads_the_coverage_cells(tmp_path, monkeypatch):
     f = tmp_path / "cells.json"
     f.write_text(json.dumps({"band": [0.93, 0.97], "cells": [
         {"strata": 4, "seeds": 3, "kind": "t3", "coverage": 0.91},
+        {"strata": 4, "seeds": 5, "kind": "collapsed", "coverage": 0.90},
         {"strata": 2, "seeds": 3, "kind": "shared", "coverage": 0.95}]}))
     monkeypatch.setattr(intervals, "CELLS_FILE", f)
     intervals.missed_cells.cache_clear()
     try:
         assert intervals.shape_miss(4, 3) and intervals.shape_miss(12, 4)  # 12 directions x datasets: judged as 4
-        assert not intervals.shape_miss(2, 3) and not intervals.shape_miss(4, 5) and not intervals.shape_miss(4, 1)
+        assert not intervals.shape_miss(2, 3) and not intervals.shape_miss(4, 1)
+        assert not intervals.shape_miss(4, 5) and intervals.collapse_coverage(4, 7) == 0.90  # quoted, not marked
     finally:
         intervals.missed_cells.cache_clear()
 
