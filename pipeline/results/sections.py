@@ -151,6 +151,17 @@ def _learned(doc: Doc, learned: pd.DataFrame) -> None:
     doc.table(["technique", "origin host", "dataset", "runs", "accuracy", "majority class", "AUC",
                "predicted class-1 share", "verdict (runs)"], rows,
               note="Means over seeds; — = not recorded by these runs (older sweeps).")
+    failed = learned[learned["learned"] < learned["runs"]] if "learned" in learned else learned.iloc[:0]
+    if len(failed):
+        from .intervals import collapse_coverage
+
+        seeds = int(learned["runs"].max())
+        cov = collapse_coverage(len(learned[["origin_host", "dataset"]].drop_duplicates()), seeds)
+        doc.p(f"{len(failed)} row(s) above include a seed whose module did not learn. A collapsed seed is a heavy "
+              f"tail of the seed distribution: in the coverage simulation where one seed in three learns nothing "
+              f"(BENCHMARKS.md, figures 7), the report's 95 % interval at {seeds} seeds covers "
+              + (f"{100 * cov:.0f} %" if cov == cov else "an unmeasured share")
+              + " of the time; read the intervals of those techniques as rough.")
 
 
 def _retention(doc: Doc, ret: pd.DataFrame) -> None:
