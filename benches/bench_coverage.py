@@ -11,7 +11,8 @@ collapses (a module that learned nothing) one time in three.  Each sweep goes th
 strata) and, as the baseline, through the interval it replaces (``before``: the seed part pooled within strata
 over sum(seeds - 1) degrees of freedom, the example part's residual taken across strata).  One figure per shape
 (strata x seeds): its value is the coverage of the *worst* kind, its note every kind's coverage with yes/NO
-against 93-97 %; the collapsed kind is listed, not judged (see the figures' notes).  The cells that miss are written to ``pipeline/results/coverage_cells.json``, from which the
+against 93-97 %; the collapsed kind is listed, not judged (see the figures' notes).
+The cells that miss are written to ``pipeline/results/coverage_cells.json``, from which the
 report marks intervals of those shapes.  Target: every kind within 93-97 % at 3 and 5 seeds; 2-seed cells are
 reported and marked, not judged.  Seeded: the same numbers on every machine; the only noise is Monte-Carlo error.
 """
@@ -90,8 +91,8 @@ def run(sizes: Sizes, tmp: Path, log=print, cells_out: Path | None = None) -> li
         worst = min(judged, key=lambda r: r["coverage"]) if any(r["coverage"] < BAND[0] for r in judged) else worst
         worst_old = min(judged, key=lambda r: r["before"])
         secs = time.perf_counter() - t0
-        f = Figure(f"7{'abcdefghijklmnop'[i]}", f"95% interval coverage, {h} strata, {s} seeds (worst seed-effect kind)", "%",
-                   [100 * worst["coverage"]], label="seed-clustered two-level t",
+        f = Figure(f"7{'abcdefghijklmnop'[i]}", f"95% interval coverage, {h} strata, {s} seeds (worst seed-effect kind)",
+                   "%", [100 * worst["coverage"]], label="seed-clustered two-level t",
                    baseline_label="pooled strata (before)", baseline=[100 * worst_old["before"]],
                    how=(f"{sizes.coverage_reps:,} synthetic sweeps per cell ({sizes.coverage_boot_reps:,} for the "
                         f"baseline), 500 examples per dataset, the probit model of pipeline/results/coverage.py "
