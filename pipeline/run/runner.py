@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import techniques as T
-from ..conditions import CONDITIONS, FREE, NONE, PORTED, SAMPLED, TRAINED
+from ..conditions import CONDITIONS, FREE, FRESH, NONE, PORTED, SAMPLED, TRAINED
 from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
@@ -144,15 +144,25 @@ def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.
     formulation = TRAINED if task.kind == T.CLASSIFICATION else FREE
     head = cond.head(formulation, cfg.get("port_head", True))
     checks.update({"loaded_module": cond.module, "loaded_head": head})
+    if formulation == FREE:
+        checks["loaded_bias"] = cond.class_bias(formulation)
     if not cond.needs_stage1(formulation, cfg.get("port_head", True)):
         return model, checks
     state, info = port.load_module(module_folder)
     module_part = {n: t for n, t in state.items() if not T.is_head_param(n)}
+    # what the condition loads, tensor by tensor (Condition.tensor): ported or sampled, or FRESH -- left at the
+    # technique's fresh initialisation the model already has (sampled: the class bias, tensors too small to sample)
+    parts = {n: cond.tensor(n, t.numel(), formulation) for n, t in module_part.items()}
+    fresh = frozenset(n for n, p in parts.items() if p == FRESH)
     if cond.module == SAMPLED:
-        module_part, sampled = port.sample_like(module_part, seed)
+        drawn, sampled = port.sample_like({n: t for n, t in module_part.items() if parts[n] == SAMPLED}, seed)
         checks.update(sampled)
+        module_part = {**drawn, **{n: t for n, t in module_part.items() if parts[n] == PORTED}}
+    else:
+        module_part = {n: t for n, t in module_part.items() if parts[n] == PORTED}
     if cond.module in (PORTED, SAMPLED):
-        checks.update(port.load_into(model, module_part, include_head=False))
+        checks.update(port.load_into(model, module_part, include_head=False, fresh=fresh))
+        checks["fresh_tensors"] = len(fresh)
     if head == PORTED:
         got = port.load_head(model, state)
         checks["port_exact"] = checks.get("port_exact", True) and got["port_exact"]
