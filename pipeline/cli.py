@@ -29,7 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import SlurmError, UsageError, UserError
+from .errors import DataError, SlurmError, UsageError, UserError
 
 MINILM_PAIR = ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets-30"]  # `pipeline hosts` by default: the demo's pair
 
@@ -97,6 +97,10 @@ def cmd_plan(a, console) -> int:
         console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
                       "(embedded hosts are built, hub hosts fetched, by `run`/`sweep`): their run ids are "
                       "provisional", highlight=False)
+    if plan.unresolved_data:
+        console.print(f"[yellow]note:[/yellow] dataset(s) {', '.join(plan.unresolved_data)} not in the HF cache yet "
+                      "(`pipeline fetch` puts them there; `run`/`sweep` fetch first): their run ids are provisional",
+                      highlight=False)
     print_cost(console, spec, plan)
     print_layout(console, spec, plan, max_array_size())
     return 0
@@ -195,6 +199,11 @@ def cmd_resume(a, console) -> int:
                          f"missing on this machine; `pipeline status {a.target}` shows where the runs stand")
     spec = sweep.spec
     _fetch(spec, a.target, console, command="resume")  # as sweep does: jobs run offline, every hub name must be in the HF cache
+    changed = sweep.changed_data()
+    if changed:  # the recorded run ids name the old data: running them on the new data would mislabel results
+        raise DataError(f"{sweep.root}: the data of {', '.join(changed)} changed since this sweep was planned, so "
+                        "its planned runs no longer describe it; plan it again with `pipeline sweep SPEC` (the "
+                        "changed data gets new run ids; the results already here stay under their old ids)")
     return _submit(a, sweep, console, a.target, spec)
 
 
@@ -202,8 +211,14 @@ def cmd_status(a, console) -> int:
     from .launch.status import print_status, snapshot, verify_done
     from .sweep import Sweep
 
-    snap = snapshot(Sweep.of(a.target))
+    sweep = Sweep.of(a.target)
+    snap = snapshot(sweep)
     print_status(console, snap, lines=a.lines, max_errors=a.max_errors, target=a.target)
+    changed = sweep.changed_data()
+    if changed:
+        console.print(f"[yellow]note:[/yellow] the data of {', '.join(changed)} changed since this sweep was planned: "
+                      "these states are the old data's runs; plan again (`pipeline run` / `pipeline sweep` with the "
+                      "spec) for runs on the data as it is now (new ids; these results stay)", highlight=False)
     if a.verify:
         bad = verify_done(snap)
         console.print(f"verify: {len(bad)} done run(s) fail validation" + (f": {', '.join(bad[:10])}" if bad else ""))

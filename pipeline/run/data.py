@@ -53,7 +53,7 @@ class Split:
         return len(self.texts)
 
 
-def _load_raw(source: str, split: str):
+def _load_raw(source: str, split: str, revision: str | None = None):
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -71,14 +71,16 @@ def _load_raw(source: str, split: str):
         kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
         return datasets.load_dataset(FILE_BUILDERS[p.suffix], data_files=str(p), split="train", **kw), None, None, None
     try:
-        return datasets.load_dataset(source, split=split), None, None, None
+        kw = {"revision": revision} if revision else {}
+        return datasets.load_dataset(source, split=split, **kw), None, None, None
     except Exception as e:  # hub unreachable, unknown name, ...
         raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0][:200]}") from None
 
 
 @lru_cache(maxsize=16)
-def _examples(source: str, split: str, text_field: str, label_field: str) -> tuple[list[str], list[int]]:
-    ds, text_f, label_f, mapping = _load_raw(source, split)
+def _examples(source: str, split: str, text_field: str, label_field: str,
+              revision: str | None = None) -> tuple[list[str], list[int]]:
+    ds, text_f, label_f, mapping = _load_raw(source, split, revision)
     text_f, label_f = text_f or text_field, label_f or label_field
     for f in (text_f, label_f):
         if f not in ds.column_names:
@@ -175,7 +177,8 @@ def _held_out(ds) -> tuple[list[str], list[int], list[int], list[int], Split]:
     """(texts, labels, training-pool indices, dev indices, eval split): see ``splits``."""
     import random
 
-    texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field)
+    revision = getattr(ds, "revision", None)
+    texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field, revision)
     texts, labels, _ = dedupe(list(texts), list(labels))
     order = list(range(len(texts)))
     random.Random(SPLIT_SEED).shuffle(order)
@@ -185,7 +188,7 @@ def _held_out(ds) -> tuple[list[str], list[int], list[int], list[int], Split]:
         eval_idx, train_idx = stratified_take(order, labels, ds.eval_size)
         ev = Split(tuple(texts[i] for i in eval_idx), tuple(labels[i] for i in eval_idx))
     else:
-        et, el = _examples(ds.source, ds.eval_split, ds.text_field, ds.label_field)
+        et, el = _examples(ds.source, ds.eval_split, ds.text_field, ds.label_field, revision)
         et, el, _ = dedupe(list(et), list(el))
         eorder = list(range(len(et)))
         random.Random(SPLIT_SEED).shuffle(eorder)

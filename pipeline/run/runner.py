@@ -59,6 +59,8 @@ class HostCache:
         """The host's folder, after checking it is the host the run was planned with (its fingerprint)."""
         from ..hosts import HostError, fingerprint
 
+        from ..dataid import hub_revision, tokenizer_identity
+
         path = self.path(host["model"])
         want = host.get("fingerprint")
         if want and want != "unresolved" and Path(path).is_dir():
@@ -67,6 +69,16 @@ class HostCache:
             if got != want:
                 raise HostError(f"host {host['model']} at {path} is not the one this run was planned with "
                                 f"(fingerprint {got} != {want}): it was rebuilt or moved; plan the sweep again")
+            tok = host.get("tokenizer")
+            if tok and tok != "unresolved" and tokenizer_identity(path) != tok:
+                raise HostError(f"host {host['model']} at {path}: its tokenizer files changed since this run was "
+                                "planned; plan the sweep again (its runs get new ids)")
+        rev = host.get("revision")
+        if rev and rev != "unresolved":
+            now = hub_revision(host["model"], "model")
+            if now and now != rev:
+                raise HostError(f"host {host['model']} now resolves to commit {now} in the HF cache, not {rev} as "
+                                "when this run was planned; plan the sweep again (its runs get new ids)")
         return path
 
     def tokenizer(self, model: str):
@@ -86,8 +98,25 @@ class HostCache:
 
 
 def dataset_of(row: dict, cfg: dict) -> Dataset:
-    """The run's dataset spec from its planned config (the split recipe's version is hashed, not a field)."""
-    return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
+    """The run's dataset spec from its planned config (the split recipe's version and the content identity are
+    hashed, not fields)."""
+    return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k not in ("split_version", "content")})
+
+
+def check_data(ds: Dataset, cfg: dict) -> None:
+    """Refuse to run on data that is not what the run was planned with (``pipeline.dataid``): a file edited in
+    place, a hub dataset that now resolves to another commit.  Planned configs without ``content`` predate it."""
+    from ..dataid import UNRESOLVED, dataset_identity
+    from ..errors import DataError
+
+    want = cfg["dataset"].get("content")
+    if not want or UNRESOLVED in want.values():
+        return
+    got = dataset_identity(ds.source, ds.revision)
+    if UNRESOLVED not in got.values() and got != want:
+        raise DataError(f"dataset {ds.name!r} ({ds.source}) is not the data this run was planned with ({got} != "
+                        f"{want}): it changed since planning; plan the sweep again (`pipeline run` / `pipeline sweep` "
+                        "with its spec) -- its runs get new ids, the old results stay under theirs")
 
 
 def run_kind(cfg: dict) -> str:
@@ -186,6 +215,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     t_start = time.perf_counter()
     path = hosts.check(cfg["host"])
     ds = dataset_of(row, cfg)
+    check_data(ds, cfg)
     task = make_task(cfg, ds, hosts.tokenizer(cfg["host"]["model"]), training, path)
     train_split, dev_split, eval_split = data.splits(ds)
     if cfg.get("evaluate_on") == "dev":  # a tuning sweep: scored on the development split, never on eval
