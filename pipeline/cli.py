@@ -29,7 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import DataError, SlurmError, UsageError, UserError
+from .errors import SlurmError, UsageError, UserError
 
 MINILM_PAIR = ["all-minilm-l6-v2", "all-minilm-l6-v2-tweets-30"]  # `pipeline hosts` by default: the demo's pair
 
@@ -93,14 +93,10 @@ def cmd_plan(a, console) -> int:
 
     spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set)
     print_plan(console, spec, plan, sweep, rows=a.rows)
-    if plan.unresolved:
-        console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
-                      "(embedded hosts are built, hub hosts fetched, by `run`/`sweep`): their run ids are "
-                      "provisional", highlight=False)
-    if plan.unresolved_data:
-        console.print(f"[yellow]note:[/yellow] dataset(s) {', '.join(plan.unresolved_data)} not in the HF cache yet "
-                      "(`pipeline fetch` puts them there; `run`/`sweep` fetch first): their run ids are provisional",
-                      highlight=False)
+    for what, names in (("host(s)", plan.unresolved), ("dataset(s)", plan.unresolved_data)):
+        if names:
+            console.print(f"[yellow]note:[/yellow] {what} {', '.join(names)} not on this machine yet (embedded hosts "
+                          "are built, hub names fetched, by `run`/`sweep`): their run ids are provisional", highlight=False)
     print_cost(console, spec, plan)
     print_layout(console, spec, plan, max_array_size())
     return 0
@@ -199,11 +195,7 @@ def cmd_resume(a, console) -> int:
                          f"missing on this machine; `pipeline status {a.target}` shows where the runs stand")
     spec = sweep.spec
     _fetch(spec, a.target, console, command="resume")  # as sweep does: jobs run offline, every hub name must be in the HF cache
-    changed = sweep.changed_data()
-    if changed:  # the recorded run ids name the old data: running them on the new data would mislabel results
-        raise DataError(f"{sweep.root}: the data of {', '.join(changed)} changed since this sweep was planned, so "
-                        "its planned runs no longer describe it; plan it again with `pipeline sweep SPEC` (the "
-                        "changed data gets new run ids; the results already here stay under their old ids)")
+    sweep.refuse_changed_data()
     return _submit(a, sweep, console, a.target, spec)
 
 
@@ -214,11 +206,8 @@ def cmd_status(a, console) -> int:
     sweep = Sweep.of(a.target)
     snap = snapshot(sweep)
     print_status(console, snap, lines=a.lines, max_errors=a.max_errors, target=a.target)
-    changed = sweep.changed_data()
-    if changed:
-        console.print(f"[yellow]note:[/yellow] the data of {', '.join(changed)} changed since this sweep was planned: "
-                      "these states are the old data's runs; plan again (`pipeline run` / `pipeline sweep` with the "
-                      "spec) for runs on the data as it is now (new ids; these results stay)", highlight=False)
+    if note := sweep.changed_data_note():
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if a.verify:
         bad = verify_done(snap)
         console.print(f"verify: {len(bad)} done run(s) fail validation" + (f": {', '.join(bad[:10])}" if bad else ""))

@@ -29,7 +29,7 @@ import yaml
 
 from . import plan as planmod
 from . import spec as specmod
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .files import atomic_path, atomic_write
 
 
@@ -127,6 +127,22 @@ class Sweep:
                 for name, want in sorted(recorded.items())
                 if name in now and UNRESOLVED not in now[name].values() and UNRESOLVED not in want.values()
                 and now[name] != want]
+
+    def refuse_changed_data(self) -> None:
+        """``resume``: a sweep whose data changed since planning is planned again first (its recorded run ids
+        name the old data: running them on the new data would file new results under old ids)."""
+        changed = self.changed_data()
+        if changed:
+            raise DataError(f"{self.root}: the data of {', '.join(changed)} changed since this sweep was planned, so "
+                            "its planned runs no longer describe it; plan it again with `pipeline sweep SPEC` (the "
+                            "changed data gets new run ids; the results already here stay under their old ids)")
+
+    def changed_data_note(self) -> str | None:
+        """``status``: one line when the data changed since planning (the states shown are the old data's)."""
+        changed = self.changed_data()
+        return (f"the data of {', '.join(changed)} changed since this sweep was planned: these states are the old "
+                "data's runs; plan again (`pipeline run` / `pipeline sweep` with the spec) for runs on the data as it "
+                "is now (new ids; these results stay)") if changed else None
 
     def done_ids(self) -> set[str]:
         """Run ids whose shard file exists (cheap; validation happens in status/merge)."""

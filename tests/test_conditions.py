@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from pipeline import techniques as T
-from pipeline.conditions import (CONDITIONS, CONTRASTS, FRESH, FREE, NONE, PORTED, SAMPLE_MIN_NUMEL, SAMPLED,
-                                 TRAINED)
+from pipeline.conditions import CONDITIONS, CONTRASTS, FREE, FRESH, NONE, PORTED, SAMPLE_MIN_NUMEL, SAMPLED, TRAINED
 from pipeline.hosts import resolve_host
 from pipeline.run import port
 from pipeline.run import techniques as RT

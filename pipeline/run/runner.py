@@ -56,10 +56,9 @@ class HostCache:
         return resolve_host(model, self.models_dir)
 
     def check(self, host: dict) -> str:
-        """The host's folder, after checking it is the host the run was planned with (its fingerprint)."""
-        from ..hosts import HostError, fingerprint
-
+        """The host's folder, after checking it is the host the run was planned with (fingerprint, tokenizer, hub commit)."""
         from ..dataid import hub_revision, tokenizer_identity
+        from ..hosts import HostError, fingerprint
 
         path = self.path(host["model"])
         want = host.get("fingerprint")
