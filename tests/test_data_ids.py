@@ -230,3 +230,29 @@ def test_status_and_resume_after_the_data_changed(tmp_path, tiny_spec, monkeypat
     assert sorted(p.name for p in sweep.shards.iterdir()) == old_shards  # nothing lost: old ids, other runs
     assert sweep.changed_data() == []
     assert cli.main(["resume", str(sweep.root)]) == 0 and len(submitted) == 1
+
+
+def test_a_hub_host_is_identified_by_the_commit_its_name_resolves_to(tmp_path, monkeypatch, tiny_spec, models_dir):
+    from pipeline.hosts import HostError
+    from pipeline.run.runner import HostCache
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    d = copy.deepcopy(tiny_spec)
+    d["hosts"][1]["model"] = "fake-org/tiny-bert"
+    d["techniques"] = ["lora"]
+    plan = P.build(S.parse(d))
+    assert plan.hosts["tiny-b"]["revision"] is None and plan.unresolved == ["tiny-b"]  # not in the cache: provisional
+    refs = tmp_path / "hf" / "hub" / "models--fake-org--tiny-bert" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(SHA1)
+    one = P.build(S.parse(d))
+    assert one.hosts["tiny-b"]["revision"] == SHA1 and one.unresolved == []
+    (refs / "main").write_text(SHA2)
+    two = P.build(S.parse(d))
+    on_b = lambda p: {r.run_id for r in p.stage1 if r.labels["origin_host"] == "tiny-b"}  # noqa: E731
+    on_a = lambda p: {r.run_id for r in p.stage1 if r.labels["origin_host"] == "tiny-a"}  # noqa: E731
+    assert not on_b(one) & on_b(two) and on_a(one) == on_a(two)
+    planned = next(r for r in one.stage1 if r.labels["origin_host"] == "tiny-b")
+    with pytest.raises(HostError, match=f"now resolves to commit {SHA2}"):
+        HostCache(models_dir).check(planned.key["host"])
