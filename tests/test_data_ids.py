@@ -256,3 +256,27 @@ def test_a_hub_host_is_identified_by_the_commit_its_name_resolves_to(tmp_path, m
     planned = next(r for r in one.stage1 if r.labels["origin_host"] == "tiny-b")
     with pytest.raises(HostError, match=f"now resolves to commit {SHA2}"):
         HostCache(models_dir).check(planned.key["host"])
+
+
+def test_fetch_and_the_runs_load_the_pinned_revision(tiny_spec, monkeypatch):
+    """A spec's `revision` reaches every load of the hub dataset: fetch's download and offline check, and the
+    run's own load (pipeline.run.data)."""
+    import datasets
+
+    from pipeline import hub
+    from pipeline.run import data, fetch
+
+    d = copy.deepcopy(tiny_spec)
+    d["datasets"] = [{"name": "hubdata", "source": "fake-org/reviews", "revision": "v2", "eval_split": "test"}]
+    spec = S.parse(d)
+    assert hub.hub_datasets(spec) == {"hubdata": ("fake-org/reviews", ["train", "test"], "v2")}
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or (_ for _ in ()).throw(
+        OSError("offline")))
+    assert fetch._load_datasets({"hubdata": ["fake-org/reviews", ["train", "test"], "v2"]}) == {
+        "dataset hubdata": "OSError: offline"}
+    assert calls == [(("fake-org/reviews",), {"split": "train", "revision": "v2"})]
+    calls.clear()
+    with pytest.raises(DataError):
+        data._load_raw("fake-org/reviews", "train", "v2")
+    assert calls == [(("fake-org/reviews",), {"split": "train", "revision": "v2"})]
