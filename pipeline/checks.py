@@ -224,10 +224,13 @@ def count_cache() -> Path:
 
 def _cached(path: Path, key: str, count) -> int | None:
     """``count()`` of the file at ``path``, cached under the sha256 of its bytes and ``key``."""
+    from .dataid import file_sha256, save_cache
+
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)  # cached by (path, size, mtime): a later plan does not read the file
     except OSError:
         return None
+    save_cache()
     entry = hashlib.sha256(f"{digest}\0{key}".encode()).hexdigest()[:32]
     cache_file = count_cache()
     try:

@@ -93,10 +93,10 @@ def cmd_plan(a, console) -> int:
 
     spec, plan, sweep = prepare(a.spec, build_hosts=False, overrides=a.set)
     print_plan(console, spec, plan, sweep, rows=a.rows)
-    if plan.unresolved:
-        console.print(f"[yellow]note:[/yellow] host(s) {', '.join(plan.unresolved)} not on this machine yet "
-                      "(embedded hosts are built, hub hosts fetched, by `run`/`sweep`): their run ids are "
-                      "provisional", highlight=False)
+    for what, names in (("host(s)", plan.unresolved), ("dataset(s)", plan.unresolved_data)):
+        if names:
+            console.print(f"[yellow]note:[/yellow] {what} {', '.join(names)} not on this machine yet (embedded hosts "
+                          "are built, hub names fetched, by `run`/`sweep`): their run ids are provisional", highlight=False)
     print_cost(console, spec, plan)
     print_layout(console, spec, plan, max_array_size())
     return 0
@@ -195,6 +195,7 @@ def cmd_resume(a, console) -> int:
                          f"missing on this machine; `pipeline status {a.target}` shows where the runs stand")
     spec = sweep.spec
     _fetch(spec, a.target, console, command="resume")  # as sweep does: jobs run offline, every hub name must be in the HF cache
+    sweep.refuse_changed_data()
     return _submit(a, sweep, console, a.target, spec)
 
 
@@ -202,8 +203,11 @@ def cmd_status(a, console) -> int:
     from .launch.status import print_status, snapshot, verify_done
     from .sweep import Sweep
 
-    snap = snapshot(Sweep.of(a.target))
+    sweep = Sweep.of(a.target)
+    snap = snapshot(sweep)
     print_status(console, snap, lines=a.lines, max_errors=a.max_errors, target=a.target)
+    if note := sweep.changed_data_note():
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if a.verify:
         bad = verify_done(snap)
         console.print(f"verify: {len(bad)} done run(s) fail validation" + (f": {', '.join(bad[:10])}" if bad else ""))

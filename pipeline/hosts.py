@@ -69,6 +69,9 @@ MINILM_TWEETS_RECIPE = "simcse-v1"  # in build_info.json; a folder built by anot
 # the receiving-host ladder (pipeline.run.hostladder): recipe names written to build_info.json
 LADDER_RECIPES = {"simcse": "simcse-v1", "tweetsent": "tweetsent-v1", "mlm": "mlm-v1", "perm": "perm-v1"}
 PERM_KINDS = ("heads", "ffn", "resid")  # canonical order in names
+# build_info.json's ``distance`` (pipeline.run.hostdist): 2 = the probe drawn from the study's training pool,
+# disjoint from its eval and dev splits.  A host measured by an older version is measured again on first use.
+DISTANCE_VERSION = 2
 ST_FILES = ("1_Pooling", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -275,7 +278,18 @@ def resolve_host(name: str, models_dir: Path | str) -> str:
 
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
                 host.build(out)
+        elif _distance_stale(out):  # same weights, measured by an older probe: measure again (no rebuild)
+            _builders("pipeline.run.hostdist").remeasure(out, models_dir)
     return str(out)
+
+
+def _distance_stale(out: Path) -> bool:
+    """Whether a built host's ``build_info.json`` records a distance measured by an older ``DISTANCE_VERSION``."""
+    try:
+        d = json.loads((out / "build_info.json").read_text()).get("distance")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(d, dict) and d.get("version") != DISTANCE_VERSION
 
 
 def _is_built(out: Path, host: EmbeddedHost) -> bool:

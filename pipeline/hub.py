@@ -31,9 +31,10 @@ def hub_hosts(spec) -> dict[str, str]:
     return {h.name: h.model for h in spec.hosts if is_hub_host(h.model)}
 
 
-def hub_datasets(spec) -> dict[str, tuple[str, list[str]]]:
-    """Dataset name -> (hub repo id, the splits the runs load), for the spec's hub datasets."""
-    return {d.name: (d.source, [d.train_split] + ([d.eval_split] if d.eval_split else []))
+def hub_datasets(spec) -> dict[str, tuple[str, list[str], str | None]]:
+    """Dataset name -> (hub repo id, the splits the runs load, the spec's ``revision`` or None), for the spec's
+    hub datasets."""
+    return {d.name: (d.source, [d.train_split] + ([d.eval_split] if d.eval_split else []), d.revision)
             for d in spec.datasets if is_hub_dataset(d.source)}
 
 

@@ -19,6 +19,16 @@ A host that is not available on this machine yet (a hub name not fetched, an
 embedded host not built) has no fingerprint: its runs get provisional ids
 (``unresolved``) and ``Plan.unresolved`` names it.  ``run`` and ``sweep``
 build or fetch every host before planning, so the ids they record are final.
+
+Ids also see what the spec cannot: the *content* of the data and the host's
+tokenizer (``pipeline.dataid``).  Each dataset's key carries ``content`` (the
+sha256 of a local file or folder or of an embedded corpus' file; a hub
+dataset's resolved commit), and each host's key its tokenizer files' hash (a
+hub host: the commit its name resolves to in the HF cache).  A data file
+edited in place, a new revision of a hub dataset or changed tokenizer files
+therefore plan new runs; the old shards keep their old ids (other runs, not
+lost, never counted as this plan's).  File hashes are cached by (path, size,
+mtime), so planning stays fast.
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ PLAN_COLUMNS = ("run_id", "stage", "technique", "origin_host", "receiving_host",
 def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
     """Each host's identity from files on this machine, without building or importing torch:
     ``{name: {model, path, fingerprint, pooling}}``; fingerprint None when the host is not here."""
-    from . import hosts
+    from . import dataid, hosts
+    from .hub import is_hub_host
 
     out = {}
     for h in spec.hosts:
@@ -58,9 +69,22 @@ def host_identities(spec: Spec) -> dict[str, dict[str, Any]]:
         if h.task == "classification":
             pooling = h.pooling if h.pooling != "auto" else (hosts.default_pooling(d) if d else "auto")
         out[h.name] = {"model": h.model, "path": str(d) if d else None,
-                       "fingerprint": hosts.fingerprint(d) if d else None, "pooling": pooling}
+                       "fingerprint": hosts.fingerprint(d) if d else None, "pooling": pooling,
+                       "tokenizer": dataid.tokenizer_identity(d) if d else None}
+        if d is None and is_hub_host(h.model):  # the commit the name resolves to in the HF cache (None: not there)
+            out[h.name]["revision"] = dataid.hub_revision(h.model, "model")
         if h.chat_template:  # causal-lm: inputs wrapped in the chat template (absent otherwise: ids unchanged)
             out[h.name]["chat_template"] = True
+    dataid.save_cache()
+    return out
+
+
+def data_identities(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Each dataset's content identity (``pipeline.dataid.dataset_identity``), by dataset name; torch-free."""
+    from . import dataid
+
+    out = {ds.name: dataid.dataset_identity(ds.source, ds.revision) for ds in spec.datasets}
+    dataid.save_cache()
     return out
 
 
@@ -185,11 +209,18 @@ class Plan:
     stage1: list[Run] = field(default_factory=list)
     stage2: list[Run] = field(default_factory=list)
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # host_identities()
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # data_identities()
 
     @property
     def unresolved(self) -> list[str]:
-        """Hosts not available here: their runs' ids are provisional."""
-        return [n for n, h in self.hosts.items() if not h.get("fingerprint")]
+        """Hosts not available here (no fingerprint, nor a hub commit in the HF cache): their runs' ids are
+        provisional."""
+        return [n for n, h in self.hosts.items() if not h.get("fingerprint") and not h.get("revision")]
+
+    @property
+    def unresolved_data(self) -> list[str]:
+        """Datasets whose content is not known here (a hub dataset not in the HF cache): provisional ids."""
+        return [n for n, d in self.data.items() if UNRESOLVED in d.values()]
 
     @property
     def runs(self) -> list[Run]:
@@ -201,8 +232,10 @@ class Plan:
 
 def _host_key(info: dict[str, Any]) -> dict[str, Any]:
     chat = {"chat_template": True} if info.get("chat_template") else {}
+    # a hub host: the commit its name resolves to (config, weights and tokenizer alike)
+    rev = {"revision": info.get("revision") or UNRESOLVED} if "revision" in info else {}
     return {"model": info["model"], "fingerprint": info.get("fingerprint") or UNRESOLVED, "pooling": info.get("pooling"),
-            **chat}
+            "tokenizer": info.get("tokenizer") or UNRESOLVED, **rev, **chat}
 
 
 def _check_poolings(spec: Spec, hosts: dict[str, dict[str, Any]], source: str) -> None:
@@ -243,12 +276,14 @@ def resolve_precision(training: dict[str, Any], resources, name: str, source: st
     return {**training, "precision": precision, "device": device}
 
 
-def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: str = "<spec>") -> Plan:
-    """The plan of ``spec``; ``hosts`` (``host_identities``) is read from this machine when not given.
-    ``source`` (the spec's file) starts the message of a SpecError."""
+def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: str = "<spec>",
+          data: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """The plan of ``spec``; ``hosts`` (``host_identities``) and ``data`` (``data_identities``) are read from this
+    machine when not given.  ``source`` (the spec's file) starts the message of a SpecError."""
     hosts = hosts if hosts is not None else host_identities(spec)
+    data = data if data is not None else data_identities(spec)
     _check_poolings(spec, hosts, source)
-    plan = Plan(spec, hosts=hosts)
+    plan = Plan(spec, hosts=hosts, data=data)
     stage1: dict[tuple, Run] = {}
     make_id = IdMaker()
     enc = make_id.encode
@@ -274,7 +309,8 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
             origin_host = _host_key(hosts[origin_name])
             form = _formulation(spec, origin.task)
             for ds in spec.datasets:
-                dsd = {**ds.model_dump(mode="json", exclude={"name"}), "split_version": SPLIT_VERSION}
+                dsd = {**ds.model_dump(mode="json", exclude={"name"}), "split_version": SPLIT_VERSION,
+                       "content": data[ds.name]}
                 id2 = make_id.template({"stage": 2, "host": recv_host, "task": recv.task, "technique": technique,
                                         "params": module_params, "dataset": dsd, **form}, VARYING2)
                 for seed in spec.seeds:

@@ -76,6 +76,7 @@ class Dataset(_Strict):
     train_size: int | None = Field(default=None, gt=0)
     eval_size: int = Field(default=500, gt=0)
     dev_size: int = Field(default=0, ge=0)  # stratified, disjoint from train and eval: tuning reads it, never eval
+    revision: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)  # hub: branch/tag/commit (dataid)
 
     @field_validator("template")
     @classmethod

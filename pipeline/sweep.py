@@ -3,7 +3,8 @@
     <output_dir>/
       spec.yaml  sweep.json  plan.parquet     what was asked, when, by which code
       modules/<run_id>/module.safetensors    stage-1 modules (+ module.json, checksum)
-      hosts.json                             each host's path, fingerprint, pooling, build_info
+      hosts.json                             each host's path, fingerprint, tokenizer, pooling, build_info
+      data.json                              each dataset's content identity when planned (pipeline.dataid)
       shards/<run_id>.parquet                one result row per finished run
       preds/<run_id>.parquet                 its per-example predictions (written before the shard)
       errors/<run_id>.txt                    last error of a failed run
@@ -28,7 +29,7 @@ import yaml
 
 from . import plan as planmod
 from . import spec as specmod
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .files import atomic_path, atomic_write
 
 
@@ -81,6 +82,7 @@ class Sweep:
         the top of ``spec.yaml``, so the copy alone reproduces the sweep."""
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.root / "hosts.json", json.dumps(hosts_record(plan.hosts), indent=1, sort_keys=True))
+        atomic_write(self.root / "data.json", json.dumps(plan.data, indent=1, sort_keys=True))
         table = plan_table(plan)
         if (self.root / "plan.parquet").exists():
             old = set(pq.read_table(self.root / "plan.parquet", columns=["run_id"]).column("run_id").to_pylist())
@@ -108,6 +110,39 @@ class Sweep:
         if not path.exists():
             raise UsageError(f"{self.root}: no plan.parquet (not a sweep folder; run `pipeline sweep` first)")
         return {r["run_id"]: r for r in pq.read_table(path).to_pylist()}
+
+    def changed_data(self) -> list[str]:
+        """Datasets whose content is no longer what the recorded plan was made with (``data.json`` against
+        ``pipeline.dataid`` now), as one phrase each; empty for a sweep recorded before data.json existed, or
+        when a dataset cannot be identified here (a hub dataset not in this machine's cache)."""
+        from .dataid import UNRESOLVED
+        from .plan import data_identities
+
+        try:
+            recorded = json.loads((self.root / "data.json").read_text())
+        except (OSError, ValueError):
+            return []
+        now = data_identities(self.spec)
+        return [f"{name} ({next(d.source for d in self.spec.datasets if d.name == name)})"
+                for name, want in sorted(recorded.items())
+                if name in now and UNRESOLVED not in now[name].values() and UNRESOLVED not in want.values()
+                and now[name] != want]
+
+    def refuse_changed_data(self) -> None:
+        """``resume``: a sweep whose data changed since planning is planned again first (its recorded run ids
+        name the old data: running them on the new data would file new results under old ids)."""
+        changed = self.changed_data()
+        if changed:
+            raise DataError(f"{self.root}: the data of {', '.join(changed)} changed since this sweep was planned, so "
+                            "its planned runs no longer describe it; plan it again with `pipeline sweep SPEC` (the "
+                            "changed data gets new run ids; the results already here stay under their old ids)")
+
+    def changed_data_note(self) -> str | None:
+        """``status``: one line when the data changed since planning (the states shown are the old data's)."""
+        changed = self.changed_data()
+        return (f"the data of {', '.join(changed)} changed since this sweep was planned: these states are the old "
+                "data's runs; plan again (`pipeline run` / `pipeline sweep` with the spec) for runs on the data as it "
+                "is now (new ids; these results stay)") if changed else None
 
     def done_ids(self) -> set[str]:
         """Run ids whose shard file exists (cheap; validation happens in status/merge)."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from pipeline import techniques as T
-from pipeline.conditions import CONDITIONS, CONTRASTS, FREE, NONE, PORTED, SAMPLED, TRAINED
+from pipeline.conditions import CONDITIONS, CONTRASTS, FREE, FRESH, NONE, PORTED, SAMPLE_MIN_NUMEL, SAMPLED, TRAINED
 from pipeline.hosts import resolve_host
 from pipeline.run import port
 from pipeline.run import techniques as RT
@@ -112,6 +112,64 @@ def test_each_contrast_differs_in_the_module_only(models_dir, stage1, technique,
         assert ma != {} and (mb == {} or any(not torch.equal(ma[n], mb[n]) for n in ma)), c
     assert records["ported"]["port_exact"] and records["sampled"]["port_exact"]
     assert CONDITIONS["sampled"].module == SAMPLED
+
+
+def bias_of(model):
+    """The head-free class bias of a prepared model (trainable in a module, frozen on the bare host)."""
+    (t,) = [p.detach().clone() for n, p in model.named_parameters() if T.is_class_bias(n)]
+    return t
+
+
+@pytest.mark.parametrize("technique", T.known())
+def test_sampled_redraws_the_matrices_and_keeps_the_fresh_class_bias(models_dir, stage1, technique):
+    """Under head: free the table gives sampled the technique's fresh class bias (zeros, as scratch and the bare
+    host), never a redraw of the ported pair (a class prior of random sign x 20); every other module tensor is
+    drawn, and what the table leaves fresh equals the fresh initialisation -- so sampled differs from scratch
+    in the sampled matrices only, and each contrast's two biases are what the table names."""
+    task = task_for(models_dir, FREE)
+    folder, state = stage1[technique, FREE]
+    ported_bias = next(t for n, t in state.items() if T.is_class_bias(n))
+    assert ported_bias.abs().min() > 0 and ported_bias[0] != ported_bias[1]  # the 'trained' bias is a real prior
+    models, records = {}, {}
+    for name in CONDITIONS:
+        models[name], records[name] = prepare(cfg(technique, 2, name, seed=3), task,
+                                              host(models_dir, "tiny-bert-b", task), folder)
+    fresh, _ = prepare(cfg(technique, 1, seed=3), task, host(models_dir, "tiny-bert-b", task))
+    want = {PORTED: ported_bias, FRESH: torch.zeros(2), NONE: torch.zeros(2)}
+    for name, c in CONDITIONS.items():
+        assert records[name]["loaded_bias"] == c.class_bias(FREE) == c.bias
+        assert torch.equal(bias_of(models[name]), want[c.bias]), name
+    assert CONDITIONS["sampled"].bias == CONDITIONS["scratch"].bias == FRESH
+    for c in CONTRASTS:  # each contrast's sides carry the biases the table names: ported's prior vs none
+        a, b = (bias_of(models[x]) for x in (c.a, c.b))
+        assert c.biases(FREE) == (PORTED, CONDITIONS[c.b].bias) and not torch.equal(a, b), c
+    sampled, scratch = split(models["sampled"])[0], split(fresh)[0]
+    assert sampled.keys() == scratch.keys()
+    for n, t in sampled.items():
+        part = CONDITIONS["sampled"].tensor(n, t.numel(), FREE)
+        if part == FRESH:
+            assert torch.equal(t, scratch[n]), n
+        else:
+            assert part == SAMPLED and not torch.equal(t, scratch[n]) and not torch.equal(t, state[n]), n
+    assert records["sampled"]["fresh_tensors"] == sum(
+        CONDITIONS["sampled"].tensor(n, t.numel(), FREE) == FRESH for n, t in sampled.items()) >= 1
+    assert records["ported"]["fresh_tensors"] == 0
+
+
+def test_tiny_tensors_keep_the_fresh_init_in_sampled_only():
+    """What each condition loads into a tensor, by size: under SAMPLE_MIN_NUMEL elements N(mean, std) cannot
+    describe a tensor (one value: itself; two: the same pair in random order), so sampled leaves it fresh."""
+    s, p, r, n = (CONDITIONS[k] for k in ("sampled", "ported", "scratch", "no-module"))
+    for numel in (1, SAMPLE_MIN_NUMEL - 1):
+        assert s.tensor("encoder.layer.0.adapter.scale", numel, FREE) == FRESH
+        assert s.tensor("encoder.layer.0.adapter.scale", numel, TRAINED) == FRESH
+        assert p.tensor("encoder.layer.0.adapter.scale", numel, FREE) == PORTED
+    assert s.tensor("encoder.layer.0.adapter.down.bias", SAMPLE_MIN_NUMEL, FREE) == SAMPLED
+    assert s.tensor("base_model.model.pooler.class_bias", 2, FREE) == FRESH
+    assert s.tensor("base_model.model.pooler.class_bias", 10, FREE) == FRESH  # the bias by name, whatever its size
+    assert p.tensor("pooler.class_bias", 2, FREE) == PORTED
+    assert r.tensor("lora_A.weight", 512, FREE) == FRESH and n.tensor("lora_A.weight", 512, FREE) == NONE
+    assert all(c.class_bias(TRAINED) == NONE for c in CONDITIONS.values())
 
 
 def test_head_free_scores_are_scaled_cosines_of_pooled_vectors_plus_bias(models_dir):

@@ -265,6 +265,50 @@ def test_probe_data_is_fixed_stratified_and_disjoint():
     assert hostdist.probe_data() == (tx, ty, sx, sy)
 
 
+def test_a_host_measured_by_an_older_probe_is_measured_again_not_rebuilt(tmp_path, models_dir):
+    """build_info.json's distance from before the probe moved to the training pool is stale: the next resolve
+    measures the host again against its recorded base and rewrites only that record (same weights, same id)."""
+    import shutil
+
+    for name in ("tiny-bert-a", "tiny-bert-b"):
+        shutil.copytree(resolve_host(f"embedded:{name}", models_dir), tmp_path / name)
+    info_file = tmp_path / "tiny-bert-b" / "build_info.json"
+    info = json.loads(info_file.read_text())
+    info["distance"] = {"base": "embedded:tiny-bert-a", "probe_accuracy_host": 0.5}  # no version: the old probe
+    info_file.write_text(json.dumps(info))
+    before = hosts.fingerprint(tmp_path / "tiny-bert-b")
+    assert resolve_host("embedded:tiny-bert-b", tmp_path) == str(tmp_path / "tiny-bert-b")
+    d = json.loads(info_file.read_text())["distance"]
+    assert d["version"] == hosts.DISTANCE_VERSION and "training pool" in d["probe"] and d["eval_texts"] == 3000
+    assert d["base"] == "embedded:tiny-bert-a" and 0 < d["mean_pooled_cosine"] < 1
+    assert hosts.fingerprint(tmp_path / "tiny-bert-b") == before
+    mtime = info_file.stat().st_mtime_ns
+    resolve_host("embedded:tiny-bert-b", tmp_path)  # current now: left alone
+    assert info_file.stat().st_mtime_ns == mtime
+
+
+def test_the_probe_never_reads_a_snippet_the_study_evaluates_or_tunes_on():
+    """The host-soundness probe draws from the training pool: disjoint from the eval and dev splits of every
+    sweep that splits its corpus (pipeline.run.data, texts compared as data.py compares them), and from the
+    demo's training subset too."""
+    from pipeline.run import data
+    from pipeline.spec import load
+
+    probe = {data._key(t) for part in (hostdist.probe_data()[0], hostdist.probe_data()[2]) for t in part}
+    assert len(probe) == 3000
+    checked = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml")):
+        for ds in load(path).datasets:
+            if ds.source != hostdist.PROBE_DATA["source"]:
+                continue
+            tr, dev, ev = data.splits(ds)
+            assert not probe & {data._key(t) for t in ev.texts}, (path.name, "eval")
+            assert not probe & {data._key(t) for t in dev.texts}, (path.name, "dev")
+            assert not probe & {data._key(t) for t in tr.texts}, (path.name, "train")
+            checked.append((path.name, len(ev), len(dev)))
+    assert ("demo.yaml", 500, 500) in checked and ("tune.yaml", 500, 500) in checked and len(checked) >= 4
+
+
 def test_linear_probe_and_cka():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 8, generator=g)

@@ -158,8 +158,9 @@ def test_a_learning_rate_grid_plans_one_set_of_runs_per_value():
 
 
 # The hosts of the committed-id spec: fixed identities (no files read), one not on "this machine".
-GOLDEN_HOSTS = {"a": {"model": "m1", "path": None, "fingerprint": "f" * 16, "pooling": "mean"},
-                "b": {"model": "m2", "path": None, "fingerprint": None, "pooling": "mean"}}
+GOLDEN_HOSTS = {"a": {"model": "m1", "path": None, "fingerprint": "f" * 16, "pooling": "mean", "tokenizer": "e" * 16},
+                "b": {"model": "m2", "path": None, "fingerprint": None, "pooling": "mean", "tokenizer": None}}
+GOLDEN_DATA = {"rt": {"sha256": "d" * 64}}  # and of its dataset: a fixed content identity
 
 
 def golden_spec(reverse=False):
@@ -171,12 +172,13 @@ def golden_spec(reverse=False):
 
 def test_run_ids_equal_the_committed_list_whatever_the_key_order():
     """Ids identify results across versions: a fixed spec's ids are committed (tests/specs/run_ids.json, computed
-    when the fast id maker came in -- the same ids as the plain sha256 of the canonical JSON) and must not move."""
+    when the fast id maker came in -- the same ids as the plain sha256 of the canonical JSON -- and again when the
+    data's content and the hosts' tokenizers joined the key) and must not move."""
     import json
 
     want = json.loads((Path(__file__).parent / "specs" / "run_ids.json").read_text())
     for reverse in (False, True):
-        plan = P.build(golden_spec(reverse), hosts=GOLDEN_HOSTS)
+        plan = P.build(golden_spec(reverse), hosts=GOLDEN_HOSTS, data=GOLDEN_DATA)
         assert [r.run_id for r in plan.runs] == want
         assert all(P.run_id(r.key) == r.run_id for r in plan.runs)  # the reference definition
 

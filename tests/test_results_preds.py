@@ -308,6 +308,31 @@ def test_summary_of_a_sweep_with_a_quote_and_head_only(tmp_path):
     assert "stage 2 8/8" in text.replace(" (", "(")
 
 
+def test_summary_counts_only_the_runs_of_this_plan(tmp_path):
+    """Results of runs planned before (another run id: the data or a host changed) stay in the folder but are
+    not this plan's: the summary neither averages nor counts them, and says how many it left out."""
+    from rich.console import Console
+
+    from pipeline.results.summary import print_summary
+
+    root = tmp_path / "s"
+    make_sweep(root, conditions=("ported", "scratch"), pairs=(("a", "b"),), regimes=(0,), seeds=(0,))
+    res = pd.read_parquet(root / "results.parquet")
+    old = res.assign(run_id=res["run_id"] + "-old", accuracy=0.0)  # the same cells, other (older) ids
+    pd.concat([res, old]).to_parquet(root / "results.parquet")
+
+    class _Sweep:
+        results = root / "results.parquet"
+        plan_rows = {p["run_id"]: p for p in pd.read_parquet(root / "plan.parquet").to_dict("records")}
+
+    console = Console(record=True, width=200)
+    print_summary(console, _Sweep(), None)
+    text = console.export_text().replace(" (", "(")
+    n1, n2 = (int((res["stage"] == s).sum()) for s in (1, 2))
+    assert f"stage 1 {n1}/{n1}, stage 2 {n2}/{n2};" in text and f"{len(old)} result(s) of runs not in this plan" in text
+    assert "0.000" not in text
+
+
 def test_class_balance_and_learn_verdicts():
     v = tables.learn_verdict
     assert v(0.80, 0.55, 0.85, 0.50) == "learned"

@@ -53,7 +53,7 @@ class Split:
         return len(self.texts)
 
 
-def _load_raw(source: str, split: str):
+def _load_raw(source: str, split: str, revision: str | None = None):
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -71,14 +71,16 @@ def _load_raw(source: str, split: str):
         kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
         return datasets.load_dataset(FILE_BUILDERS[p.suffix], data_files=str(p), split="train", **kw), None, None, None
     try:
-        return datasets.load_dataset(source, split=split), None, None, None
+        kw = {"revision": revision} if revision else {}
+        return datasets.load_dataset(source, split=split, **kw), None, None, None
     except Exception as e:  # hub unreachable, unknown name, ...
         raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0][:200]}") from None
 
 
 @lru_cache(maxsize=16)
-def _examples(source: str, split: str, text_field: str, label_field: str) -> tuple[list[str], list[int]]:
-    ds, text_f, label_f, mapping = _load_raw(source, split)
+def _examples(source: str, split: str, text_field: str, label_field: str,
+              revision: str | None = None) -> tuple[list[str], list[int]]:
+    ds, text_f, label_f, mapping = _load_raw(source, split, revision)
     text_f, label_f = text_f or text_field, label_f or label_field
     for f in (text_f, label_f):
         if f not in ds.column_names:
@@ -151,9 +153,32 @@ def splits(ds) -> tuple[Split, Split, Split]:
     the study on eval.  The shuffle is fixed (SPLIT_SEED), independent of run
     seeds.
     """
+    texts, labels, train_idx, dev_idx, ev = _held_out(ds)
+    if ds.train_size is not None and ds.train_size < len(train_idx):
+        train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
+    tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
+    dev = Split(tuple(texts[i] for i in dev_idx), tuple(labels[i] for i in dev_idx))
+    n_labels = len(ds.label_words)
+    bad = {y for y in tr.labels + ev.labels + dev.labels if not 0 <= y < n_labels}
+    if bad:
+        raise DataError(f"dataset {ds.name!r}: labels {sorted(bad)} outside 0..{n_labels - 1} (label_words has {n_labels})")
+    return tr, dev, ev
+
+
+def training_pool(ds) -> Split:
+    """Everything of ``ds`` that is neither in its eval nor in its dev split, in the fixed shuffled order
+    (``splits`` draws ``train_size`` from its front).  Examples taken from its far end are disjoint from
+    eval, dev and -- while they fit behind it -- the training subset (``hostdist``'s probe draws there)."""
+    texts, labels, pool, _, _ = _held_out(ds)
+    return Split(tuple(texts[i] for i in pool), tuple(labels[i] for i in pool))
+
+
+def _held_out(ds) -> tuple[list[str], list[int], list[int], list[int], Split]:
+    """(texts, labels, training-pool indices, dev indices, eval split): see ``splits``."""
     import random
 
-    texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field)
+    revision = getattr(ds, "revision", None)
+    texts, labels = _examples(ds.source, ds.train_split, ds.text_field, ds.label_field, revision)
     texts, labels, _ = dedupe(list(texts), list(labels))
     order = list(range(len(texts)))
     random.Random(SPLIT_SEED).shuffle(order)
@@ -163,7 +188,7 @@ def splits(ds) -> tuple[Split, Split, Split]:
         eval_idx, train_idx = stratified_take(order, labels, ds.eval_size)
         ev = Split(tuple(texts[i] for i in eval_idx), tuple(labels[i] for i in eval_idx))
     else:
-        et, el = _examples(ds.source, ds.eval_split, ds.text_field, ds.label_field)
+        et, el = _examples(ds.source, ds.eval_split, ds.text_field, ds.label_field, revision)
         et, el, _ = dedupe(list(et), list(el))
         eorder = list(range(len(et)))
         random.Random(SPLIT_SEED).shuffle(eorder)
@@ -179,12 +204,4 @@ def splits(ds) -> tuple[Split, Split, Split]:
             raise DataError(f"dataset {ds.name!r}: {len(train_idx)} examples left after eval, not more than "
                             f"dev_size={dev_size}")
         dev_idx, train_idx = stratified_take(train_idx, labels, dev_size)
-    if ds.train_size is not None and ds.train_size < len(train_idx):
-        train_idx, _ = stratified_take(train_idx, labels, ds.train_size)
-    tr = Split(tuple(texts[i] for i in train_idx), tuple(labels[i] for i in train_idx))
-    dev = Split(tuple(texts[i] for i in dev_idx), tuple(labels[i] for i in dev_idx))
-    n_labels = len(ds.label_words)
-    bad = {y for y in tr.labels + ev.labels + dev.labels if not 0 <= y < n_labels}
-    if bad:
-        raise DataError(f"dataset {ds.name!r}: labels {sorted(bad)} outside 0..{n_labels - 1} (label_words has {n_labels})")
-    return tr, dev, ev
+    return texts, labels, train_idx, dev_idx, ev

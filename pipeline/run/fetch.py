@@ -40,7 +40,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple[str, list[str]]],
+def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple],
            offline: bool, timeout: float | None) -> dict[str, str]:
     """Run ``python -m pipeline.run.fetch MODE JOB``; its failures ``{"host NAME" | "dataset NAME": reason}``."""
     if not hosts and not datasets_:
@@ -63,7 +63,7 @@ def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple[str, lis
         return {f"{mode}": f"the {mode} process failed (exit {p.returncode}): {tail}"}
 
 
-def check_offline(hosts: dict[str, str], datasets_: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
+def check_offline(hosts: dict[str, str], datasets_: dict[str, tuple]) -> dict[str, str]:
     """What does not load offline: ``{"host NAME" | "dataset NAME": reason}`` (empty: all load)."""
     return _child("check", hosts, datasets_, offline=True, timeout=CHECK_TIMEOUT_S)
 
@@ -97,10 +97,11 @@ def _load_datasets(datasets_: dict[str, list]) -> dict[str, str]:
 
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()
-        for name, (repo, splits) in datasets_.items():
+        for name, (repo, splits, *rev) in datasets_.items():
+            kw = {"revision": rev[0]} if rev and rev[0] else {}  # a pinned revision (spec), else main
             try:
                 for split in splits:
-                    datasets.load_dataset(repo, split=split)
+                    datasets.load_dataset(repo, split=split, **kw)
             except Exception as e:  # noqa: BLE001
                 failed[f"dataset {name}"] = _first_line(e)
     return failed
@@ -142,7 +143,7 @@ def fetch(spec, source: str, download: bool = True, say=print, command: str = "s
         todo_d = {k: v for k, v in dsets.items() if f"dataset {k}" in missing}
         for k, v in todo_h.items():
             say(f"fetching host {k} ({v}) into {cache_dir()}")
-        for k, (v, splits) in todo_d.items():
+        for k, (v, splits, *_) in todo_d.items():
             say(f"fetching dataset {k} ({v}, split {', '.join(splits)})")
         why = _child("download", todo_h, todo_d, offline=False, timeout=None)
         missing = check_offline(todo_h, todo_d) if len(why) < len(todo_h) + len(todo_d) else {}

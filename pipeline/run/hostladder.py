@@ -32,6 +32,11 @@ on 2 idle cores each trained rung takes ~2-3 minutes):
     perm-ffn-1            coordinate  0.239          1.000   1.000  0.716  1.9e-6             172
     perm-resid-1          coordinate  0.918         -0.010   1.000  0.716  2.2e-6             302
 
+The probe column (and the table below) is the first probe, which drew its 3,000 snippets from the whole corpus
+(about 4 % of them in the demo's evaluation set, as many in its development split); probe version 2 draws from the
+training pool only, and a host measured before is measured again on first use (``hosts.DISTANCE_VERSION``).
+With it, tweets-30 measured (2026-12-07) cosine 0.972, CKA 0.974, probe base 0.697 / host 0.705.
+
 tweetsent learned its task (loss 1.08 -> 0.62, batch accuracy 0.44 -> 0.72) and moved the representation far
 while staying sound (probe 0.712); SimCSE at lr 1e-3 moves it furthest and costs the probe 0.06 (past soundness).
 The permuted hosts take ~15 s to build; the rest is measuring (two MiniLM encodings of 3,000 snippets;

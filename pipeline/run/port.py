@@ -53,11 +53,14 @@ def module_ok(folder: Path) -> bool:
         return False
 
 
-def load_into(model, state: dict[str, torch.Tensor], include_head: bool) -> dict:
-    """Copy tensors into the model's trainable parameters by name; verify bit-exactness."""
+def load_into(model, state: dict[str, torch.Tensor], include_head: bool, fresh: frozenset[str] = frozenset()) -> dict:
+    """Copy tensors into the model's trainable parameters by name; verify bit-exactness.
+
+    ``fresh``: trainable parameters deliberately left at the technique's fresh initialisation (the sampled
+    condition's class bias and tiny tensors, pipeline/conditions.py); every other one must be in ``state``."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     wanted = {n: t for n, t in state.items() if include_head or not is_head_param(n)}
-    missing = [n for n in params if n not in state and (include_head or not is_head_param(n))]
+    missing = [n for n in params if n not in state and n not in fresh and (include_head or not is_head_param(n))]
     unknown = [n for n in wanted if n not in params]
     if missing or unknown:
         raise ModuleError(f"module does not fit this host: missing {missing[:3]}, unexpected {unknown[:3]}")
@@ -104,7 +107,8 @@ def sample_like(state: dict[str, torch.Tensor], seed: int) -> tuple[dict[str, to
     """Draw every tensor from N(mean, std) of the ported tensor itself (seeded).
 
     Constant tensors (one element, or std 0 -- e.g. an untrained LoRA B) are
-    filled with their mean.  Returns the tensors and the largest deviation of a
+    filled with their mean.  The runner never passes the class bias or a tensor
+    under ``conditions.SAMPLE_MIN_NUMEL`` elements: those keep the fresh init.  Returns the tensors and the largest deviation of a
     sampled tensor's mean/std from its target, relative to the target std.
     """
     g = torch.Generator().manual_seed(seed)

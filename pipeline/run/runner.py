@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import techniques as T
-from ..conditions import CONDITIONS, FREE, NONE, PORTED, SAMPLED, TRAINED
+from ..conditions import CONDITIONS, FREE, FRESH, NONE, PORTED, SAMPLED, TRAINED
 from ..files import atomic_write
 from ..results import shards
 from ..spec import Dataset, Training
@@ -56,7 +56,8 @@ class HostCache:
         return resolve_host(model, self.models_dir)
 
     def check(self, host: dict) -> str:
-        """The host's folder, after checking it is the host the run was planned with (its fingerprint)."""
+        """The host's folder, after checking it is the host the run was planned with (fingerprint, tokenizer, hub commit)."""
+        from ..dataid import hub_revision, tokenizer_identity
         from ..hosts import HostError, fingerprint
 
         path = self.path(host["model"])
@@ -67,6 +68,16 @@ class HostCache:
             if got != want:
                 raise HostError(f"host {host['model']} at {path} is not the one this run was planned with "
                                 f"(fingerprint {got} != {want}): it was rebuilt or moved; plan the sweep again")
+            tok = host.get("tokenizer")
+            if tok and tok != "unresolved" and tokenizer_identity(path) != tok:
+                raise HostError(f"host {host['model']} at {path}: its tokenizer files changed since this run was "
+                                "planned; plan the sweep again (its runs get new ids)")
+        rev = host.get("revision")
+        if rev and rev != "unresolved":
+            now = hub_revision(host["model"], "model")
+            if now and now != rev:
+                raise HostError(f"host {host['model']} now resolves to commit {now} in the HF cache, not {rev} as "
+                                "when this run was planned; plan the sweep again (its runs get new ids)")
         return path
 
     def tokenizer(self, model: str):
@@ -86,8 +97,25 @@ class HostCache:
 
 
 def dataset_of(row: dict, cfg: dict) -> Dataset:
-    """The run's dataset spec from its planned config (the split recipe's version is hashed, not a field)."""
-    return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k != "split_version"})
+    """The run's dataset spec from its planned config (the split recipe's version and the content identity are
+    hashed, not fields)."""
+    return Dataset(name=row["dataset"], **{k: v for k, v in cfg["dataset"].items() if k not in ("split_version", "content")})
+
+
+def check_data(ds: Dataset, cfg: dict) -> None:
+    """Refuse to run on data that is not what the run was planned with (``pipeline.dataid``): a file edited in
+    place, a hub dataset that now resolves to another commit.  Planned configs without ``content`` predate it."""
+    from ..dataid import UNRESOLVED, dataset_identity
+    from ..errors import DataError
+
+    want = cfg["dataset"].get("content")
+    if not want or UNRESOLVED in want.values():
+        return
+    got = dataset_identity(ds.source, ds.revision)
+    if UNRESOLVED not in got.values() and got != want:
+        raise DataError(f"dataset {ds.name!r} ({ds.source}) is not the data this run was planned with ({got} != "
+                        f"{want}): it changed since planning; plan the sweep again (`pipeline run` / `pipeline sweep` "
+                        "with its spec) -- its runs get new ids, the old results stay under theirs")
 
 
 def run_kind(cfg: dict) -> str:
@@ -144,15 +172,25 @@ def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.
     formulation = TRAINED if task.kind == T.CLASSIFICATION else FREE
     head = cond.head(formulation, cfg.get("port_head", True))
     checks.update({"loaded_module": cond.module, "loaded_head": head})
+    if formulation == FREE:
+        checks["loaded_bias"] = cond.class_bias(formulation)
     if not cond.needs_stage1(formulation, cfg.get("port_head", True)):
         return model, checks
     state, info = port.load_module(module_folder)
     module_part = {n: t for n, t in state.items() if not T.is_head_param(n)}
+    # what the condition loads, tensor by tensor (Condition.tensor): ported or sampled, or FRESH -- left at the
+    # technique's fresh initialisation the model already has (sampled: the class bias, tensors too small to sample)
+    parts = {n: cond.tensor(n, t.numel(), formulation) for n, t in module_part.items()}
+    fresh = frozenset(n for n, p in parts.items() if p == FRESH)
     if cond.module == SAMPLED:
-        module_part, sampled = port.sample_like(module_part, seed)
+        drawn, sampled = port.sample_like({n: t for n, t in module_part.items() if parts[n] == SAMPLED}, seed)
         checks.update(sampled)
+        module_part = {**drawn, **{n: t for n, t in module_part.items() if parts[n] == PORTED}}
+    else:
+        module_part = {n: t for n, t in module_part.items() if parts[n] == PORTED}
     if cond.module in (PORTED, SAMPLED):
-        checks.update(port.load_into(model, module_part, include_head=False))
+        checks.update(port.load_into(model, module_part, include_head=False, fresh=fresh))
+        checks["fresh_tensors"] = len(fresh)
     if head == PORTED:
         got = port.load_head(model, state)
         checks["port_exact"] = checks.get("port_exact", True) and got["port_exact"]
@@ -176,6 +214,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     t_start = time.perf_counter()
     path = hosts.check(cfg["host"])
     ds = dataset_of(row, cfg)
+    check_data(ds, cfg)
     task = make_task(cfg, ds, hosts.tokenizer(cfg["host"]["model"]), training, path)
     train_split, dev_split, eval_split = data.splits(ds)
     if cfg.get("evaluate_on") == "dev":  # a tuning sweep: scored on the development split, never on eval

@@ -13,6 +13,7 @@ from .base import (  # noqa: F401
     TRAINING_KEYS,
     Param,
     Technique,
+    is_class_bias,
     is_head_param,
 )
 from .catalog import ALL

@@ -44,6 +44,14 @@ ABSENT = object()  # a Param without a default: left out of the params (the libr
 KINDS = ("int", "float", "bool", "str", "names")  # names: a module name or a list of them
 
 
+CLASS_BIAS = "class_bias"  # head: free -- the module's per-class bias (pipeline.run.pooling.Pool.class_bias)
+
+
+def is_class_bias(name: str) -> bool:
+    """True for the head-free formulation's per-class bias (part of the module; see pipeline/conditions.py)."""
+    return name == CLASS_BIAS or name.endswith("." + CLASS_BIAS)
+
+
 def is_head_param(name: str) -> bool:
     """True for parameters of the classification head (ported only when the spec asks)."""
     return any(f"{m}." in name or name.startswith(m) for m in HEAD_MARKERS)
