@@ -39,7 +39,8 @@ def comparisons(doc: Doc, d: SweepData, pooled: pd.DataFrame, by_dir: pd.DataFra
               "noise averaged over the examples) is estimated on many degrees of freedom and gets its own quantile. "
               "The example part is taken within each host direction and dataset (how the per-example difference "
               "varies over the eval examples, which every seed and both conditions share, less the run-pair noise), on "
-              "t with the example degrees of freedom (about 1.96); the half-widths add in quadrature (`pipeline/results/intervals.py`). Its coverage of a known difference "
+              "t with the example degrees of freedom (about 1.96); the half-widths add in quadrature "
+              "(`pipeline/results/intervals.py`). Its coverage of a known difference "
               "is measured on synthetic sweeps shaped like every grid in `sweeps/` (BENCHMARKS.md, “Interval "
               "coverage”). p: analytic, the interval inverted (the α at which the 1 − α interval reaches 0); no "
               "resampling, so no resampling floor. " + holm + MCNEMAR.format(alpha=stats.ALPHA) + tail)
