@@ -172,7 +172,7 @@ def test_report_html_renders_in_chromium(tmp_path):
     make_sweep(root, conditions=("ported", "scratch", "sampled", "head-only"), preds="merged", new_columns=True,
                hosts=HOSTS)
     r = report.build(root, tmp_path / "rep", n_boot=300)
-    assert {f.name for f in r.figures} >= {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
+    assert {f.name for f in r.figures} >= {"forest.png", "bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
                                            "drift_retention_vs_distance.png"}
     res = inspect(r.html)
     assert res["title"].startswith("PEFT portability report")
