@@ -106,3 +106,6 @@ gpu-check: $(STAMP) ## for a GPU node: MiniLM, T5-v1.1-base and 0.5B Qwen2 shape
 
 mutate: $(STAMP) ## mutation check of the guarantee modules (~40 min on 2 cores; not CI): killed/survived per module, survivors; score into BENCHMARKS.md. MUTATE='--module shards' narrows it
 	OMP_WAIT_POLICY=PASSIVE nice -n 19 $(BIN)/python -m benches.mutate --write $(MUTATE)
+
+spec-doc: $(STAMP) ## regenerate the spec reference in docs/spec.md from pipeline/spec.py (a test fails when it is stale)
+	$(BIN)/python -m pipeline.specdoc

@@ -85,8 +85,13 @@ def _default(f) -> str:
     return "—" if v is PydanticUndefined else _value(v)
 
 
+def _prose(text: str) -> str:
+    """A docstring as one Markdown line (reST's ``code`` as Markdown's `code`)."""
+    return " ".join(str(text).split()).replace("``", "`")
+
+
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return _prose(text).replace("|", "\\|")
 
 
 def model_table(m: type[BaseModel]) -> str:
@@ -113,6 +118,11 @@ def _param(p) -> str:
     return kind + (f" ({', '.join(allowed)})" if allowed else "")
 
 
+def _sentence(text: str) -> str:
+    text = _prose(text).rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
 def techniques_section() -> str:
     out = ["### Technique parameters", "",
            "`technique_params.<technique>` takes the technique's own hyperparameters below, plus the training keys "
@@ -123,7 +133,7 @@ def techniques_section() -> str:
            "and for peft-backed techniques in peft's config of the same name."]
     for t in techniques.REGISTRY.values():
         out += ["", f"#### `{t.name}`{' (the study)' if t.paper else ''}", "",
-                f"{' '.join(t.description.split())}. Default `lr` {t.lr:g}.", "",
+                f"{_sentence(t.description)} Default `lr` {t.lr:g}.", "",
                 "| parameter | type | default |", "|---|---|---|"]
         out += [f"| `{k}` | {_cell(_param(p))} | {'—' if p.default is ABSENT else _value(p.default)} |"
                 for k, p in t.params.items()]
@@ -142,7 +152,7 @@ def reference() -> str:
            "`python -m pipeline.specdoc`; `tests/test_docs.py` fails when this part is stale or a field has no "
            "description."]
     for m in MODELS:
-        out += ["", f"### {m.__name__}", "", " ".join((m.__doc__ or "").split()), "", model_table(m)]
+        out += ["", f"### {m.__name__}", "", _prose(m.__doc__ or ""), "", model_table(m)]
     out += ["", techniques_section(), "", END]
     return "\n".join(out)
 
