@@ -13,7 +13,7 @@ SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean
+        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean spec-doc
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
