@@ -218,3 +218,16 @@ def test_check_names_a_stale_page_and_generating_fixes_it(tmp_path, capsys):
     assert "stale" in capsys.readouterr().err
     assert specdoc.main(["--page", str(page)]) == 0 and specdoc.main(["--check", "--page", str(page)]) == 0
     assert page.read_text(encoding="utf-8") == (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
+
+
+def test_every_file_and_test_the_docs_name_exists():
+    """`pipeline/...`, `tests/...::test_...`, `sweeps/...` in backticks: the file (and the test function) exist."""
+    bad = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for ref in set(re.findall(r"`((?:pipeline|tests|benches|sweeps|slurm)/[A-Za-z0-9_./-]+(?:::[A-Za-z0-9_]+)?)`",
+                                  text)):
+            path, _, name = ref.partition("::")
+            if not (ROOT / path).exists() or name and not _test_exists(ref):
+                bad.append(f"{page.relative_to(ROOT)}: {ref}")
+    assert not bad, bad
