@@ -4,6 +4,9 @@ Every error is one line naming the file, the field path and what is allowed, e.g
 ``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.  Whatever a run
 would reject is rejected here, at plan time: technique hyperparameters by name and type
 (``pipeline.techniques``, no torch), a file that is not UTF-8 or repeats a key, more than one GPU per run.
+
+Longer than most modules (~500 lines) on purpose: every field carries its description, the docstring under it,
+from which ``python -m pipeline.specdoc`` generates the reference in docs/spec.md.
 """
 
 from __future__ import annotations
