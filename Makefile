@@ -13,7 +13,7 @@ SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean
+        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean spec-doc
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -106,3 +106,6 @@ gpu-check: $(STAMP) ## for a GPU node: MiniLM, T5-v1.1-base and 0.5B Qwen2 shape
 
 mutate: $(STAMP) ## mutation check of the guarantee modules (~40 min on 2 cores; not CI): killed/survived per module, survivors; score into BENCHMARKS.md. MUTATE='--module shards' narrows it
 	OMP_WAIT_POLICY=PASSIVE nice -n 19 $(BIN)/python -m benches.mutate --write $(MUTATE)
+
+spec-doc: $(STAMP) ## regenerate the spec reference in docs/spec.md from pipeline/spec.py (a test fails when it is stale)
+	$(BIN)/python -m pipeline.specdoc

@@ -4,6 +4,9 @@ Every error is one line naming the file, the field path and what is allowed, e.g
 ``sweeps/x.yaml: techniques[2]: unknown technique 'lora2' (known: ...)``.  Whatever a run
 would reject is rejected here, at plan time: technique hyperparameters by name and type
 (``pipeline.techniques``, no torch), a file that is not UTF-8 or repeats a key, more than one GPU per run.
+
+Longer than most modules (~500 lines) on purpose: every field carries its description, the docstring under it,
+from which ``python -m pipeline.specdoc`` generates the reference in docs/spec.md.
 """
 
 from __future__ import annotations
@@ -48,35 +51,63 @@ Pair = Annotated[tuple[str, str], Strict(False)]  # YAML has no tuples: a list o
 
 class _Strict(BaseModel):
     # strict: no text -> int or text/number -> bool coercion, and no bool where an int is asked for
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # use_attribute_docstrings: the string under a field is its description (docs/spec.md is generated from them)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class Host(_Strict):
+    """A pretrained model the study ports modules from or into (``hosts:`` in the spec)."""
+
     name: str = Field(min_length=1)
-    model: str = Field(min_length=1, description="hub name, local folder, or embedded:NAME")
+    """The name the spec uses for this host (in ``host_pairs``, run ids and the report)."""
+    model: str = Field(min_length=1)
+    """Where the weights come from: a hub name (``google/flan-t5-base``), a local folder, or ``embedded:NAME`` (a
+    host the project ships or builds)."""
     task: Literal[TASKS] = "classification"
-    # How a classification host turns token states into the vector its head reads (see run/pooling.py).
-    # auto: the host's own sentence-transformers pooling when it has one (1_Pooling/config.json), else cls.
+    """How the host classifies: ``classification`` (an encoder; head-free or trained head, see ``head``),
+    ``text-to-text`` (an encoder-decoder scoring the label words) or ``causal-lm`` (a decoder scoring each label
+    word as the continuation of the templated input)."""
     pooling: Literal[("auto", *POOLINGS)] = "auto"
-    # causal-lm: wrap each rendered input in the tokenizer's chat template (one user turn); off by default
+    """How a classification host turns token states into one vector (``pipeline/run/pooling.py``): ``mean`` of the
+    real tokens, ``cls`` (the first token), ``pooler`` (BERT's dense + tanh on [CLS]); ``auto``: the host's own
+    sentence-transformers pooling when it ships one (``1_Pooling/config.json``), else ``cls``."""
     chat_template: bool = Field(default=False, exclude_if=lambda v: not v)
+    """causal-lm only: wrap each templated input in the tokenizer's chat template (one user turn). Both hosts of a
+    pair must agree."""
 
 
 class Dataset(_Strict):
+    """A labelled text dataset (``datasets:`` in the spec); every run of the sweep sees the same fixed splits."""
+
     name: str = Field(min_length=1)
-    source: str = Field(min_length=1, description="hub name, local csv/json/parquet file, or embedded:NAME")
+    """The name the spec and the report use for this dataset."""
+    source: str = Field(min_length=1)
+    """Where the examples come from: a hub name, a local .csv/.json(l)/.parquet file or a folder with one file per
+    split, or ``embedded:NAME``."""
     text_field: str = "text"
+    """The column that holds the input text."""
     label_field: str = "label"
+    """The column that holds the class: an integer 0 .. len(label_words) - 1 (rows with a missing or negative label
+    are skipped)."""
     label_words: tuple[str, ...] = Field(default=("negative", "positive"), strict=False)  # YAML has no tuples
-    # Input template, e.g. "sentiment: {text}".  Left out of dumps (and so of run ids) while it is the
-    # default, so specs that do not set it keep their run ids.
+    """One word (or short text) per class, in label order: what a head-free, text-to-text or causal-lm host scores."""
     template: str = Field(default="{text}", exclude_if=lambda v: v == "{text}")
+    """How an input is rendered, with ``{text}`` where the text goes (e.g. ``"Review: {text}\\nSentiment:"``).
+    Left out of dumps (and so of run ids) while it is the default."""
     train_split: str = "train"
-    eval_split: str | None = None  # None: hold out eval_size examples of train_split
+    """The split training examples come from (and the held-out sets, when ``eval_split`` is null)."""
+    eval_split: str | None = None
+    """The split the study scores on; null: hold ``eval_size`` stratified examples out of ``train_split``."""
     train_size: int | None = Field(default=None, gt=0)
+    """Train on this many stratified examples of what is left after the held-out sets; null: all of them."""
     eval_size: int = Field(default=500, gt=0)
-    dev_size: int = Field(default=0, ge=0)  # stratified, disjoint from train and eval: tuning reads it, never eval
-    revision: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)  # hub: branch/tag/commit (dataid)
+    """Examples in the stratified evaluation set every run is scored on."""
+    dev_size: int = Field(default=0, ge=0)
+    """A stratified development split of this size, disjoint from train and eval (tuning sweeps score on it with
+    ``evaluate_on: dev``); 0: none."""
+    revision: str | None = Field(default=None, min_length=1, exclude_if=lambda v: v is None)
+    """A hub dataset's branch, tag or commit to load; the commit it resolves to in the local HF cache enters run ids
+    (null: the cache's main)."""
 
     @field_validator("template")
     @classmethod
@@ -87,36 +118,73 @@ class Dataset(_Strict):
 
 
 class Training(_Strict):
-    steps: int = Field(default=100, ge=0, description="optimizer steps (origin training)")
+    """How a module is trained: ``origin_training`` (stage 1) and ``further_training`` (stage 2's budgets)."""
+
+    steps: int = Field(default=100, ge=0)
+    """Optimizer steps of origin training (a technique's ``steps`` in technique_params overrides it; stage 2 trains
+    for each budget of ``regimes`` instead)."""
     batch_size: int = Field(default=32, gt=0)
+    """Training examples per optimizer step (batches are length-bucketed)."""
     eval_batch_size: int = Field(default=64, gt=0)
+    """Examples per forward pass when scoring (changes no number, so not part of run ids)."""
     max_length: int = Field(default=64, gt=0)
-    lr: Float | None = Field(default=None, gt=0, description="None: the technique's default")
-    head_lr: Float = Field(default=1e-2, gt=0, description="the classification head's lr, the same for every technique")
+    """Tokens an input is truncated to (a causal-lm input loses its start, keeping the question)."""
+    lr: Float | None = Field(default=None, gt=0)
+    """The module's learning rate; null: the technique's own (or ``technique_params.<technique>.lr``)."""
+    head_lr: Float = Field(default=1e-2, gt=0)
+    """head: trained -- the classification head's learning rate (its own parameter group), the same for every
+    technique."""
     weight_decay: Float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
     warmup_ratio: Float = Field(default=0.1, ge=0, lt=1)
-    max_grad_norm: Float | None = Field(default=1.0, gt=0, description="gradient clipping; None: off")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU stage, else fp32 (plan.resolve_precision)
-    checkpoint_every: int = Field(default=0, ge=0, description="steps between checkpoints; 0 = only on signal")
+    """Share of the steps over which the learning rate rises linearly from 0."""
+    max_grad_norm: Float | None = Field(default=1.0, gt=0)
+    """Clip the gradient norm to this; null: no clipping."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision; ``auto``: bf16 on a stage whose resources ask for a GPU, else fp32 (resolved at plan time
+    and part of the run id; never fp16)."""
+    checkpoint_every: int = Field(default=0, ge=0)
+    """Save a checkpoint every this many steps; 0: only when Slurm signals a timeout or preemption."""
     frozen_dtype: Literal["fp32", "bf16"] = Field(default="fp32", exclude_if=lambda v: v == "fp32")
-    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)  # less memory, more compute
+    """dtype of the frozen host's weights: ``bf16`` halves their memory on a GPU with native bf16."""
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
+    """Recompute the host's activations in the backward pass: the same gradients, less memory, more compute (not
+    part of run ids)."""
 
 
 class Resources(_Strict):
+    """What one array task of a stage asks Slurm for (``resources.stage1`` / ``resources.stage2``; ignored locally)."""
+
     partition: str | None = None
+    """Slurm partition (``--partition``); null: the cluster's default."""
     account: str | None = None
+    """Slurm account to charge (``--account``); null: yours by default."""
     qos: str | None = None
-    gpus: int = Field(default=0, ge=0, description="0 or 1: a run uses at most one GPU")
-    gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"  # --gpus-per-node=N (cons_tres) or --gres=gpu:N
+    """Slurm quality of service (``--qos``); null: the default."""
+    gpus: int = Field(default=0, ge=0)
+    """GPUs per array task: 0 or 1 (a run uses at most one GPU; more GPUs run more tasks at once)."""
+    gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"
+    """How GPUs are asked for: ``--gpus-per-node=N`` (select/cons_tres) or ``--gres=gpu:N`` (older select/cons_res
+    sites)."""
     cpus: int = Field(default=2, gt=0)
+    """CPU cores per array task (``--cpus-per-task``)."""
     mem_gb: Float = Field(default=8, gt=0)
-    gpu_mem_gb: Float | None = Field(default=None, gt=0, exclude_if=lambda v: v is None,
-                                     description="memory of the GPU a run gets: a run estimated over it is refused")
+    """Memory per array task in GB (``--mem``)."""
+    gpu_mem_gb: Float | None = Field(default=None, gt=0, exclude_if=lambda v: v is None)
+    """Memory of the GPU a run gets, in GB: a spec whose runs are estimated to need more is refused at plan time,
+    naming the host; null: no check."""
     time_min: int = Field(default=60, gt=0)
+    """Wall-time limit of an array task in minutes (``--time``); a task that reaches it is requeued and resumes from
+    its checkpoint."""
     constraint: str | None = None
+    """Node features the task needs (``--constraint``, e.g. ``a100``); null: any node."""
     array_parallelism: int = Field(default=64, gt=0)
-    pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
-    extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options (single values)")
+    """At most this many array tasks of the stage run at once, shared out between its arrays (``%N``)."""
+    pack_size: int | None = Field(default=None, gt=0)
+    """Runs packed into one array task (one Python start, one host load); null: estimated so a task runs about ten
+    minutes."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """More sbatch options, ``option: value`` (single values, e.g. ``exclusive: true``, ``mail-type: END``)."""
 
     @field_validator("extra")
     @classmethod
@@ -135,36 +203,70 @@ class Resources(_Strict):
 
 
 class Stages(_Strict):
+    """Slurm resources per stage."""
+
     stage1: Resources = Resources()
+    """Stage 1: training each module on its origin host."""
     stage2: Resources = Resources()
+    """Stage 2: every condition and budget on the receiving host."""
 
 
 class Spec(_Strict):
+    """A sweep: hosts, host pairs, datasets, techniques, conditions, budgets and seeds, and how to train and run."""
+
     name: str = Field(min_length=1)
+    """The sweep's name (the report's title; the W&B project or MLflow experiment)."""
     output_dir: str = Field(min_length=1)
+    """The sweep folder: plan, shards, modules, results and report (relative to where the command runs)."""
     models_dir: str = "models"
+    """Where embedded hosts are built and looked up."""
     hosts: list[Host] = Field(min_length=2)
-    host_pairs: list[Pair] = Field(min_length=1, description="[origin, receiving] host names")
+    """The hosts (at least two); see *Host* below."""
+    host_pairs: list[Pair] = Field(min_length=1)
+    """Pairs ``[origin, receiving]`` of host names (two hosts of the same shape): modules trained on the first are
+    ported into the second."""
     both_directions: bool = True
+    """Also port every pair the other way (receiving -> origin)."""
     datasets: list[Dataset] = Field(min_length=1)
+    """The datasets; see *Dataset* below."""
     techniques: list[str] = Field(min_length=1)
+    """PEFT techniques to train and port: ``lora``, ``bottleneck``, ``compacter``, ``prefix`` (the study's four),
+    ``prompt``, ``ia3``."""
     technique_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per technique, its hyperparameters (see *Technique parameters* below) plus ``lr`` and ``steps``; a list makes
+    a grid axis (one set of runs per value)."""
     conditions: list[Literal[CONDITIONS]] = Field(min_length=1)
-    regimes: list[int | Literal["zero-shot"]] = Field(min_length=1, description="zero-shot or further-training steps")
+    """What the receiving host gets (``pipeline/conditions.py``): ``ported`` (the origin module, bit-exact),
+    ``scratch`` (the technique's fresh init), ``sampled`` (each tensor redrawn from its own mean and std),
+    ``no-module`` (the bare host)."""
+    regimes: list[int | Literal["zero-shot"]] = Field(min_length=1)
+    """Budgets on the receiving host: ``zero-shot`` (evaluate as loaded) or a number of further-training steps."""
     seeds: list[int] = Field(min_length=1)
-    head: Literal[HEADS] = "free"  # where a classification host's task knowledge sits: pipeline/conditions.py
-    temperature: Float = Field(default=20.0, gt=0, description="head: free -- the fixed scale of the cosine scores")
-    class_bias: bool = Field(default=True, description="head: free -- a per-class bias, part of the module")
-    port_head: bool = Field(default=True, description="head: trained -- false: the same seeded fresh head")
-    evaluate_on: Literal["eval", "dev"] = Field(default="eval", description="dev: score on the dev split (tuning)")
+    """Seeds: each trains its own origin module and seeds every stage-2 run made from it."""
+    head: Literal[HEADS] = "free"
+    """Where a classification host's task knowledge sits: ``free`` (no head: classes scored by the adapted host's
+    similarity to the label words, all knowledge in the module) or ``trained`` (a classification head trained with
+    the module and given to every condition alike)."""
+    temperature: Float = Field(default=20.0, gt=0)
+    """head: free -- the fixed scale of the cosine class scores."""
+    class_bias: bool = Field(default=True)
+    """head: free -- add a trainable per-class bias to the scores; it is part of the module (ported and sampled with
+    it)."""
+    port_head: bool = Field(default=True)
+    """head: trained -- give every stage-2 condition the ported head; false: the same seeded fresh head."""
+    evaluate_on: Literal["eval", "dev"] = Field(default="eval")
+    """The split runs are scored on: ``eval`` (the study) or ``dev`` (tuning sweeps; needs ``dev_size``)."""
     origin_training: Training = Training()
+    """How stage 1 trains each module on its origin host; see *Training* below."""
     further_training: Training = Training()
+    """How stage 2 trains at each budget of ``regimes`` (its ``steps`` is unused: the budget is)."""
     resources: Stages = Stages()
-    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        default_factory=lambda: ["tensorboard"],
-        description="training curves per run (TensorBoard under <sweep>/tb; W&B, MLflow when installed); [] = off")
-    max_runs: int = Field(default=MAX_RUNS, gt=0, exclude_if=lambda v: v == MAX_RUNS,
-                          description="a grid over this many runs is refused before it is expanded")
+    """Slurm resources per stage; see *Resources* below."""
+    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Where training curves go: TensorBoard events under ``<sweep>/tb``, W&B, MLflow (the last two when installed);
+    ``[]``: off. Not part of run ids."""
+    max_runs: int = Field(default=MAX_RUNS, gt=0, exclude_if=lambda v: v == MAX_RUNS)
+    """A grid over this many runs is refused before it is expanded (raise it to mean it)."""
 
     @field_validator("techniques")
     @classmethod

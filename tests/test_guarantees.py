@@ -1,4 +1,4 @@
-"""Guarantees the README makes, each with a test that fails when the guarantee breaks.
+"""Guarantees docs/architecture.md makes, each with a test that fails when the guarantee breaks.
 
 Each test names the deliberate bug it was checked against (the mutation was applied, the test failed, the
 code was restored); ``make mutate`` (benches/mutate.py) repeats such checks mechanically.

@@ -181,7 +181,7 @@ def test_report_writes_all_files_and_html_is_self_contained(sweep, tmp_path):
     out = tmp_path / "rep"
     r = report.build(sweep, out, n_boot=300)
     names = {f.name for f in r.figures}
-    assert names == {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
+    assert names == {"forest.png", "bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
                      "heatmap_ported_minus_sampled.png"}
     for f in r.figures:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 2_000

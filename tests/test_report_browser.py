@@ -27,12 +27,18 @@ needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH: install it with `bash tests/setup_browser.sh` (as root)")
 TIMEOUT_S = 120
 
-# Runs on window load (after every image has decoded or failed): what the checks need, as JSON.
+# Runs on window load (every image has loaded or failed by then): what the checks need, as JSON.  It runs
+# synchronously: each image is decoded by drawing it onto a canvas, which throws for a broken one.  (Awaiting
+# img.decode() instead let Chromium's virtual-time budget end first under load now and then, and --dump-dom
+# then printed the page without the result.)
 CHECK_JS = r"""
 <script>
-window.addEventListener('load', async () => {
+window.addEventListener('load', () => {
   const imgs = [...document.images];
-  await Promise.all(imgs.map(im => im.decode().catch(() => null)));
+  const drawn = imgs.map(im => {
+    try { const c = document.createElement('canvas'); c.width = c.height = 1;
+          c.getContext('2d').drawImage(im, 0, 0); return true; } catch (e) { return false; }
+  });
   const label = el => {
     let e = el;
     while (e && e !== document.body) {
@@ -44,7 +50,7 @@ window.addEventListener('load', async () => {
   };
   const out = {title: document.title, images: [], tables: [], references: [], resources: [], error: null};
   try {
-  imgs.forEach((im, i) => out.images.push({i, alt: im.alt, section: label(im), complete: im.complete,
+  imgs.forEach((im, i) => out.images.push({i, alt: im.alt, section: label(im), complete: im.complete && drawn[i],
     width: im.naturalWidth, height: im.naturalHeight, src: (im.getAttribute('src') || '').slice(0, 40)}));
   document.querySelectorAll('table').forEach((t, i) => {
     const rows = [...t.rows];
@@ -78,6 +84,18 @@ window.addEventListener('load', async () => {
     }
   }
   out.resources = performance.getEntriesByType('resource').map(e => e.name).filter(n => !/^data:/i.test(n));
+  // the first screen: the findings under "What was found" and the figure after them, in page coordinates
+  const box = el => { if (!el) return null; const r = el.getBoundingClientRect();
+    return {top: r.top + scrollY, bottom: r.bottom + scrollY, width: r.width, height: r.height}; };
+  const found = [...document.querySelectorAll('h2')].find(h => h.textContent.trim() === 'What was found');
+  let list = null, fig = null;
+  for (let e = found ? found.nextElementSibling : null; e && e.tagName !== 'H2'; e = e.nextElementSibling) {
+    if (e.tagName === 'UL' && !list) list = e;
+    if (e.tagName === 'FIGURE' && !fig) fig = e.querySelector('img');
+  }
+  out.first_screen = {viewport: [innerWidth, innerHeight], heading: box(found),
+    findings: list ? [...list.children].map(li => li.textContent.trim()) : [], findings_box: box(list),
+    figure_alt: fig ? fig.alt : '', figure_box: box(fig)};
   } catch (e) { out.error = String(e && e.stack || e); }
   const pre = document.createElement('pre');
   pre.id = '__check__';
@@ -88,8 +106,12 @@ window.addEventListener('load', async () => {
 """
 
 
+SCREEN = (1400, 900)  # the window the first-screen check measures in: a laptop browser, px
+
+
 def inspect(page: Path) -> dict:
-    """Open ``page`` alone (copied into an empty folder) in headless Chromium; what CHECK_JS measured."""
+    """Open ``page`` alone (copied into an empty folder) in headless Chromium, in a SCREEN-sized window; what
+    CHECK_JS measured."""
     with tempfile.TemporaryDirectory(prefix="browser-check-") as tmp:
         tmp = Path(tmp)
         (tmp / "site").mkdir()
@@ -102,6 +124,7 @@ def inspect(page: Path) -> dict:
                "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
                "--host-resolver-rules=MAP * ~NOTFOUND",  # a reference to the web fails fast, never leaves here
                f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+               f"--window-size={SCREEN[0]},{SCREEN[1]}",
                checked.as_uri()]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -149,13 +172,65 @@ def test_report_html_renders_in_chromium(tmp_path):
     make_sweep(root, conditions=("ported", "scratch", "sampled", "head-only"), preds="merged", new_columns=True,
                hosts=HOSTS)
     r = report.build(root, tmp_path / "rep", n_boot=300)
-    assert {f.name for f in r.figures} >= {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
+    assert {f.name for f in r.figures} >= {"forest.png", "bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
                                            "drift_retention_vs_distance.png"}
     res = inspect(r.html)
     assert res["title"].startswith("PEFT portability report")
     assert len(res["images"]) == len(r.figures) and len(res["tables"]) >= 10, (len(res["images"]), len(res["tables"]))
     bad = problems(res)
     assert not bad, "report.html in Chromium:\n" + "\n".join(bad)
+
+
+def first_screen_problems(res: dict) -> list[str]:
+    """What keeps the report's first SCREEN[1] px from holding the finding sentences and the forest plot."""
+    fs, out = res["first_screen"], []
+    if fs["viewport"][0] != SCREEN[0]:
+        out.append(f"the window is {fs['viewport'][0]} px wide, not {SCREEN[0]}: the check measured something else")
+    if fs["heading"] is None:
+        return out + ["no “What was found” heading"]
+    if len(fs["findings"]) < 3:
+        out.append(f"{len(fs['findings'])} finding sentence(s) under “What was found”, not 3: {fs['findings']}")
+    if fs["findings_box"] and fs["findings_box"]["bottom"] > SCREEN[1]:
+        out.append(f"the finding sentences end at {fs['findings_box']['bottom']:.0f} px, below the first {SCREEN[1]}")
+    fig = fs["figure_box"]
+    if fig is None or not fs["figure_alt"].startswith("Every paired comparison"):
+        out.append(f"no forest plot under the findings (figure: {fs['figure_alt'][:60]!r})")
+    elif fig["bottom"] > SCREEN[1]:
+        out.append(f"the forest plot ends at {fig['bottom']:.0f} px, below the first {SCREEN[1]}")
+    elif fig["height"] < 250 or fig["width"] < 0.7 * SCREEN[0]:
+        out.append(f"the forest plot is drawn {fig['width']:.0f} x {fig['height']:.0f} px: too small to read")
+    return out
+
+
+@needs_chromium
+def test_the_first_screen_holds_the_findings_and_the_forest_plot(tmp_path):
+    """The demo's shape (four techniques, one host direction, four conditions, zero-shot and one budget, three
+    seeds; figures at the real resolution): in a 1400 x 900 window the three finding sentences and the forest
+    plot of every comparison lie within the first 900 px, the plot at a readable size."""
+    root = tmp_path / "sweep"
+    make_sweep(root, techniques=("lora", "bottleneck", "compacter", "prefix"), pairs=(("a", "b"),),
+               conditions=("ported", "scratch", "sampled", "no-module"), regimes=(0, 10), preds="merged",
+               new_columns=True, hosts=HOSTS)
+    res = inspect(report.build(root, tmp_path / "rep", n_boot=300).html)
+    bad = first_screen_problems(res)
+    assert not bad, "the report's first screen:\n" + "\n".join(bad)
+    found = res["first_screen"]["findings"]
+    assert found[0].startswith("The modules learned") and found[1].startswith("At zero-shot, ported modules keep")
+    assert found[2].startswith("With further training")
+
+
+@needs_chromium
+def test_the_first_screen_check_fails_a_report_that_leads_with_tables(tmp_path):
+    """The same check on a page whose findings and plot come after a tall table: it names both."""
+    dot = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    rows = "".join(f"<tr><td>{i}</td></tr>" for i in range(60))
+    page = tmp_path / "late.html"
+    page.write_text(f"<!doctype html><html><head><title>late</title></head><body><h1>r</h1><table><tbody>{rows}"
+                    "</tbody></table><h2>What was found</h2><ul><li>a</li><li>b</li><li>c</li></ul><figure>"
+                    f"<img alt='Every paired comparison' style='width:1200px;height:400px' "
+                    f"src='data:image/png;base64,{dot}'></figure></body></html>")
+    bad = "\n".join(first_screen_problems(inspect(page)))
+    assert "the finding sentences end at" in bad and "the forest plot ends at" in bad, bad
 
 
 @needs_chromium

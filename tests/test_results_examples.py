@@ -1,5 +1,5 @@
 """What a run is called and what an example is: TensorBoard run names carry condition and regime;
-``results.examples`` maps a prediction's example_id back to its text (the README's three-line join)."""
+``results.examples`` maps a prediction's example_id back to its text (the three-line join of docs/results.md)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_the_readmes_join_of_predictions_with_their_texts(tmp_path, tiny_spec, w
         t["correct"] = t["pred"] == t["label"]
         t.to_parquet(f, index=False)
 
-    # the README's three lines
+    # the three lines of docs/results.md
     runs = results.load(spec)[["run_id", "dataset", "technique", "condition", "regime", "seed"]]
     ex = results.examples(spec)
     df = results.predictions(spec).merge(runs, on="run_id").merge(ex, on=["dataset", "example_id", "label"])

@@ -180,7 +180,7 @@ def test_report_with_predictions_no_module_and_hosts(full_sweep, tmp_path):
 
     # no-module: its colour, its heatmap, its retention
     assert figures.COLORS["no-module"] == "#CC79A7"
-    assert {f.name for f in r.figures} == {"bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
+    assert {f.name for f in r.figures} == {"forest.png", "bars_rt.png", "budget_rt.png", "heatmap_ported_minus_scratch.png",
                                            "heatmap_ported_minus_sampled.png", "heatmap_ported_minus_no-module.png"}
     ret = pd.read_csv(r.out / "tables" / "retention.csv")
     assert set(ret["condition"]) == {"ported", "no-module"} and (ret["n"] == 5).all()

@@ -219,3 +219,73 @@ def fig_heatmap(comp: pd.DataFrame, a: str, b: str, metric: str, path: Path) -> 
                  f"grey = no pairs)", fontsize=12)
     fig.savefig(path)
     return path
+
+
+def fig_forest(comp: pd.DataFrame, metric: str, path: Path) -> Path | None:
+    """Every paired comparison with its interval (see :func:`draw_forest`), saved to ``path``; None when no
+    comparison has a difference."""
+    fig = draw_forest(comp, metric)
+    if fig is None:
+        return None
+    fig.savefig(path)
+    return path
+
+
+def draw_forest(comp: pd.DataFrame, metric: str):
+    """A forest plot of the comparison table: one panel per contrast (ported − scratch, − sampled, − no-module),
+    one row per technique and budget, the mean paired difference as a dot with its 95% interval as a line, the
+    zero line, and the difference written at the right.  A filled dot survives Holm, a hollow one does not;
+    FEW after the row's value marks an interval resting on too few seeds, MISS_MARK one whose shape falls in a
+    coverage cell known to miss (the ``shape_miss`` column, where the interval method gives it)."""
+    from .prose import MISS_MARK, shape_miss
+    from .tables import FEW, few
+
+    d = comp[(comp["n"] > 0) & comp["mean_diff"].notna()] if len(comp) else comp
+    if d.empty:
+        return None
+    contrasts = list(dict.fromkeys(zip(d["a"], d["b"])))
+    regimes = sorted({int(r) for r in d["regime"].dropna()}) if "regime" in d else [0]
+    techs = ordered(d["technique"]) if "technique" in d else [""]
+    rows = [(reg, tech) for reg in regimes for tech in techs]  # zero-shot first, then each budget
+    lo = np.nanmin(np.r_[d["ci_low"].to_numpy(float), d["mean_diff"].to_numpy(float), 0.0])
+    hi = np.nanmax(np.r_[d["ci_high"].to_numpy(float), d["mean_diff"].to_numpy(float), 0.0])
+    pad = 0.08 * max(hi - lo, 0.02)
+    fig = _figure(11.0, 1.25 + 0.24 * len(rows) + 0.12 * max(0, len(regimes) - 1))
+    axes = fig.subplots(1, len(contrasts), squeeze=False, sharey=True, sharex=True)[0]
+    marks = set()
+    for ax, (a, b) in zip(axes, contrasts):
+        g = d[(d["a"] == a) & (d["b"] == b)]
+        ax.axvline(0, color="#444444", lw=1)
+        for y, (reg, tech) in enumerate(rows):
+            x = g
+            if "regime" in g:
+                x = x[x["regime"].astype(float) == reg]
+            if "technique" in g:
+                x = x[x["technique"] == tech]
+            if not len(x):
+                continue
+            r = x.iloc[0]
+            colour = COLORS.get(b, "#333333")
+            sig = not is_na(r["p_holm"]) and r["p_holm"] < stats.ALPHA
+            if not is_na(r["ci_low"]):
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colour, lw=2.2, solid_capstyle="butt")
+            ax.plot([r["mean_diff"]], [y], marker="o", ms=7, color=colour, mfc=colour if sig else "white", mew=1.6)
+            tag = (f" {FEW}" if few(r) else "") + (f" {MISS_MARK}" if shape_miss(r) else "")
+            marks |= {m for m, on in ((FEW, few(r)), (MISS_MARK, shape_miss(r))) if on}
+            ax.annotate(f"{r['mean_diff']:+.3f}{tag}", (1.0, y), xycoords=("axes fraction", "data"),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=8.5, color="#222222")
+        for k in range(1, len(regimes)):  # a rule between budgets
+            ax.axhline(k * len(techs) - 0.5, color="#bbbbbb", lw=0.8)
+        ax.set_title(f"{a} − {b}", fontsize=11)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel(f"difference in {METRICS[metric]}")
+    axes[0].set_yticks(range(len(rows)), [f"{tech}, {regime_label(reg)}" if tech else regime_label(reg)
+                                          for reg, tech in rows])
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)
+    legend = ["filled: survives Holm", "hollow: does not", "lines: 95% interval"]
+    legend += [f"{FEW}: too few seeds"] if FEW in marks else []
+    legend += [f"{MISS_MARK}: interval shape known to miss"] if MISS_MARK in marks else []
+    fig.suptitle(f"Every paired comparison: mean difference in {METRICS[metric]} (ported − control) with its 95% "
+                 f"interval\n({'; '.join(legend)})", fontsize=11)
+    return fig

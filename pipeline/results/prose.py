@@ -14,6 +14,13 @@ from .sweepdata import SweepData
 from .tables import FEW, LEARN_MARGIN, METRICS, RANKS_AUC, at_floor, few, fmt_p_eq, is_na, regime_label
 
 PER_EXAMPLE = ("two-level t", "hierarchical bootstrap")  # methods that use per-example predictions
+MISS_MARK = "§"  # marks an interval whose shape falls in a coverage cell known to miss (column ``shape_miss``)
+
+
+def shape_miss(r) -> bool:
+    """Does the interval method flag this row's interval shape as one whose coverage is known to miss?"""
+    v = r.get("shape_miss", False)
+    return False if is_na(v) else bool(v)
 
 
 def is_hierarchical(comp: pd.DataFrame) -> bool:
@@ -34,7 +41,8 @@ def ci_text(r) -> str:
         if r.get("method") != "two-level t":
             return "no interval"
         return "no interval (one seed)" if r.get("seed_df", 0) == 0 else "no interval (variance estimated as 0)"
-    return f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" + (f" {FEW}" if few(r) else "")
+    return (f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" + (f" {FEW}" if few(r) else "")
+            + (f" {MISS_MARK}" if shape_miss(r) else ""))
 
 
 def _where(r) -> str:
@@ -143,3 +151,128 @@ def learn_sentence(learned: pd.DataFrame) -> str:
             f"majority class by at least {LEARN_MARGIN}, in {none} none does"
             + (f", and in {ranks} some runs rank the classes (AUC ≥ {RANKS_AUC}) but predict one class" if ranks
                else "") + " (see “Did the origin modules learn?”).")
+
+
+# --------------------------------------------------------------------------------------------------
+# what was found: one sentence per claim of the study, in plain words, each with its strongest number
+# --------------------------------------------------------------------------------------------------
+def findings(pooled: pd.DataFrame, learned: pd.DataFrame | None, retention: pd.DataFrame | None,
+             metric: str) -> list[str]:
+    """The report's first lines: did the origin modules learn; do ported modules keep their accuracy and beat
+    every control at zero-shot; does the lead last through further training.  Each sentence is computed from
+    the did-it-learn, retention and comparison tables and says how sure it is (intervals, Holm)."""
+    out = []
+    if learned is not None and len(learned):
+        out.append(_learned_finding(learned))
+    usable = pooled[(pooled["n"] > 0) & pooled["mean_diff"].notna()] if len(pooled) else pooled
+    if usable.empty:
+        return out
+    m = METRICS[metric]
+    regime = usable["regime"].astype(float) if "regime" in usable else pd.Series(0.0, index=usable.index)
+    zs, later = usable[regime == 0], usable[regime > 0]
+    if len(zs) or retention is not None and len(retention):
+        out.append(_zero_shot_finding(zs, retention, m))
+    if len(later):
+        out.append(_later_finding(later, zs, m))
+    return out
+
+
+def _pct(x: float) -> str:
+    s = f"{100 * x:.0f}"
+    return (f"{100 * x:.1f}" if s in ("100", "0") and abs(100 * x - float(s)) >= 0.05 else s) + " %"
+
+
+def _range(g: pd.DataFrame) -> str:
+    lo, hi = g["mean_diff"].min(), g["mean_diff"].max()
+    return f"{lo:+.3f}" if abs(hi - lo) < 5e-4 else f"{lo:+.3f} to {hi:+.3f}"
+
+
+def _controls(g: pd.DataFrame) -> str:
+    names = list(dict.fromkeys(g["b"]))
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _sure(g: pd.DataFrame) -> str:
+    """How sure a group of comparisons is: intervals that exclude 0, and how many survive Holm."""
+    k = len(g)
+    with_ci = g[g["ci_low"].notna()]
+    excl = int(((with_ci["ci_low"] > 0) | (with_ci["ci_high"] < 0)).sum())
+    sig = int((g["p_holm"] < stats.ALPHA).sum())
+    if with_ci.empty:
+        ci = "no interval"
+    elif excl == k:
+        ci = "every 95% interval excludes 0" if k > 1 else "its 95% interval excludes 0"
+    else:
+        ci = f"{excl} of {k} 95% intervals exclude 0"
+    holm = (f"all {k} survive Holm" if sig == k and k > 1 else "it survives Holm" if sig == k
+            else "none survives Holm" if sig == 0 else f"{sig} of {k} survive Holm")
+    return f"{ci}, {holm}"
+
+
+def _lead(g: pd.DataFrame) -> tuple[str, str]:
+    """('every' | 'k of n' | 'none', a verb phrase) for how often ported is ahead in ``g``."""
+    k, up = len(g), int((g["mean_diff"] > 0).sum())
+    return ("every" if up == k else "none" if up == 0 else f"{up} of {k}"), _range(g)
+
+
+def _learned_finding(learned: pd.DataFrame) -> str:
+    if learned["majority_not_recorded"].sum() == learned["runs"].sum():
+        return learn_sentence(learned)
+    by_tech = learned.groupby("technique", sort=False)["accuracy"].mean()
+    majority = learned["majority_acc"].dropna().unique()
+    chance = f" ({majority[0]:.3f})" if len(majority) == 1 else ""
+    spread = (f"{by_tech.iloc[0]:.3f}" if len(by_tech) == 1 else
+              f"{by_tech.min():.3f} ({by_tech.idxmin()}) to {by_tech.max():.3f} ({by_tech.idxmax()})")
+    bad = learned[learned["learned"] < learned["runs"]]
+    if bad.empty:
+        return (f"**The modules learned the task on their origin host**: every origin run beats always predicting "
+                f"the majority class{chance} by at least {LEARN_MARGIN}; mean accuracy {spread}.")
+    cells = "; ".join(f"{r['technique']} on {r['origin_host']}, {r['dataset']}: {r['verdict']}"
+                      for _, r in bad.head(3).iterrows()) + ("; …" if len(bad) > 3 else "")
+    return (f"**Not every origin module learned the task**: in {len(bad)} of {len(learned)} technique × origin host "
+            f"× dataset cells some run is not {LEARN_MARGIN} above the majority class{chance} ({cells}); what a "
+            f"module that did not learn keeps after porting says nothing about portability. Mean accuracy {spread}.")
+
+
+def _zero_shot_finding(zs: pd.DataFrame, retention: pd.DataFrame | None, m: str) -> str:
+    ported = retention[retention["condition"] == "ported"] if retention is not None and len(retention) else None
+    keep = ""
+    if ported is not None and len(ported):
+        by_tech = ported.groupby("technique", sort=False)["retention_mean"].mean()
+        keep = (f"keep {_pct(by_tech.mean())} of their origin accuracy on the receiving host"
+                + (f" ({by_tech.min():.3f} to {by_tech.max():.3f} by technique)" if len(by_tech) > 1 else ""))
+    if zs.empty:
+        return f"**At zero-shot, ported modules {keep}**; no control was compared at zero-shot."
+    who, span = _lead(zs)
+    controls = _controls(zs)
+    if who == "every":
+        head = f"beat every control ({controls}) for every technique"
+    elif who == "none":
+        head = f"do not beat the controls ({controls}) for any technique"
+    else:
+        head = f"beat the controls ({controls}) in {who} technique × control comparisons"
+    lead = f"**At zero-shot, ported modules {keep + ' and ' if keep else ''}{head}**"
+    return f"{lead}: {m} differences {span}; {_sure(zs)}."
+
+
+def _later_finding(later: pd.DataFrame, zs: pd.DataFrame, m: str) -> str:
+    parts, verdicts = [], []
+    for reg, g in later.groupby(later["regime"].astype(float), sort=True):
+        who, span = _lead(g)
+        parts.append(f"after {regime_label(reg)} {span} ({_sure(g)})")
+        verdicts.append(who)
+    shrink = ""
+    if len(zs):
+        both = later.merge(zs[["a", "b", "technique", "mean_diff"]] if "technique" in zs else zs[["a", "b", "mean_diff"]],
+                           on=[c for c in ("a", "b", "technique") if c in zs], suffixes=("", "_zs"))
+        if len(both):
+            before, after = both["mean_diff_zs"].mean(), both["mean_diff"].mean()
+            shrink = (f"; on average the lead {'shrinks' if after < before else 'grows'} from {before:+.3f} at "
+                      f"zero-shot to {after:+.3f}" if abs(after - before) >= 5e-4 else "")
+    if all(v == "every" for v in verdicts):
+        head = "**With further training the ported modules stay ahead of every control**"
+    elif all(v == "none" for v in verdicts):
+        head = "**With further training the ported modules fall behind the controls**"
+    else:
+        head = "**With further training the ported modules' lead is mixed**"
+    return f"{head}: {m} differences {'; '.join(parts)}{shrink}."

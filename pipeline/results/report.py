@@ -3,7 +3,8 @@
 The report folder (default ``<sweep>/report/``) holds::
 
     report.md  report.html        the report (the HTML is self-contained: figures inlined as base64 PNG)
-    figures/*.png                 grouped bars, accuracy vs budget, one heatmap per contrast (ported - scratch, ...)
+    figures/*.png                 the forest plot of every comparison (shown first, under the findings), grouped
+                                  bars, accuracy vs budget, one heatmap per contrast (ported - scratch, ...)
     tables/*.csv                  every table of the report, long form, with the run ids behind each cell
 
 It reads ``plan.parquet``, ``results.parquet`` (one row per run), and where
@@ -45,8 +46,8 @@ from ..files import atomic_write
 from ..plan import PLAN_COLUMNS
 from . import intervals, stats
 from .drift import drift_table, fig_drift, technique_tests
-from .figures import fig_bars, fig_budget, fig_heatmap
-from .sections import document
+from .figures import fig_bars, fig_budget, fig_forest, fig_heatmap
+from .sections import FOREST, document
 from .sweepdata import RUN_NUMBERS, SweepData, load, needs_merge  # noqa: F401  (re-exported: report.load, report.needs_merge)
 from .tables import cell_table, class_balance_table, hosts_table, learn_table, ordered, retention_table
 
@@ -152,6 +153,9 @@ def build(root: Path, out: Path | None = None, metric: str = "accuracy", n_boot:
         tables.append(p)
 
     draw, figures = figures, []
+    f = fig_forest(pooled, metric, figdir / f"{FOREST}.png") if draw else None
+    if f:
+        figures.append(f)
     datasets = ordered(s2["dataset"]) if len(s2) and draw else []
     for ds in datasets:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds)

@@ -11,7 +11,7 @@ from .comparisons import comparisons
 from .document import Doc, cell_text
 from .drift import drift_section
 from .figures import SEED_POINTS
-from .prose import headlines, status_line
+from .prose import findings, headlines, status_line
 from .sweepdata import SweepData
 from .tables import (
     HOST_COLS,
@@ -29,6 +29,10 @@ from .tables import (
     trace_sql,
 )
 
+FOREST = "forest"  # the forest plot's file stem (figures/forest.png): shown first, under "What was found"
+FOREST_CAPTION = ("Every paired comparison (rows: technique and budget; panels: the control), pooled over host "
+                  "directions, datasets and seeds: the mean difference in {m} and its 95% interval, as in the table "
+                  "under “Paired comparisons”")
 SAMPLE_TOL = 0.05  # sampled tensors' mean/std may deviate from the target by this fraction of its std
 
 
@@ -45,7 +49,18 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
              f"`tables/missing_runs.csv`; cells with missing runs are marked †)." if n_missing else
              f"All {len(d.runs)} planned runs have results."))
 
-    doc.h(2, "Summary")
+    # the first screen: what was found, in plain words, then every comparison with its interval
+    doc.h(2, "What was found")
+    found = findings(pooled, extra["did_it_learn"], extra["retention"], metric)
+    if found:
+        doc.ul(found)
+    forest = next((f for f in figures if f.stem == FOREST), None)
+    if forest is not None:
+        doc.img(f"figures/{forest.name}", FOREST_CAPTION.format(m=m))
+    if not found and forest is None:
+        doc.p("Nothing to report yet: no origin run and no paired comparison has results.")
+
+    doc.h(2, "Summary of the contrasts")
     doc.p(status_line(d, extra["did_it_learn"]))
     lines, note = headlines(pooled, metric)
     if lines:
@@ -67,7 +82,8 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
                 "drift": "Zero-shot retention (accuracy on the receiving host / the module's accuracy on its origin "
                          "host; mean and range over seeds) against the receiving host's distance, per host family; "
                          "circles: ported, crosses: the no-module floor"}
-    for f in figures:
+    rest = [f for f in figures if f.stem != FOREST]
+    for f in rest:
         kind = f.stem.split("_")[0]
         cap = captions[kind].format(m=m)
         if kind == "drift":
@@ -77,8 +93,9 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
         else:
             cap = f"{f.stem.split('_', 1)[1].replace('_minus_', ' − ')}: " + cap
         doc.img(f"figures/{f.name}", cap)
-    if not figures:
-        doc.p("No figures (no stage-2 results yet, or figures were switched off).")
+    if not rest:
+        doc.p("No figures (no stage-2 results yet, or figures were switched off)" + (
+            "; every comparison is in the figure under “What was found”." if forest is not None else "."))
 
     doc.h(2, "Receiving host at a glance (stage 2)")
     if cells2.empty:

@@ -2,7 +2,7 @@
 
 Everything a run needs is in its planned config (``config_json``), so the same
 function runs it on a laptop, in a Slurm array task or inside a pack: bit-identical
-results on CPU; on a GPU within a tolerance (see pipeline.run.train and README,
+results on CPU; on a GPU within a tolerance (see pipeline.run.train and docs/cluster.md,
 "Reproducibility per device").  The device and precision it ran with are recorded
 in its shard (``device_kind``, ``precision``).
 """

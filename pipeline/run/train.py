@@ -4,7 +4,7 @@ Batches are length-bucketed: examples are shuffled, cut into mega-batches of
 50 batches, sorted by length inside each, batched, and the batches shuffled
 again -- random enough for sound training, with little padding.
 
-Reproducibility (README, "Reproducibility per device"): everything is seeded and a checkpoint
+Reproducibility (docs/cluster.md, "Reproducibility per device"): everything is seeded and a checkpoint
 restores every RNG the run uses, so on CPU a run gives bit-identical numbers whichever process,
 pack or executor runs it (at the same torch thread count).  On a GPU it is reproducible only
 within a tolerance (bf16 autocast, nondeterministic SDPA backward and NLL-loss kernels, other
