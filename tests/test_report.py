@@ -368,9 +368,10 @@ def test_two_seeds_mark_the_interval_as_unreliable_beside_it(tmp_path):
     assert (pooled["method"] == "two-level t").all() and (pooled["seed_df"] == 1).all() and pooled["few_seeds"].all()
     md = r.markdown.read_text()
     rows = [x for x in _section(md, "## Paired comparisons", "## Retention").splitlines() if x.startswith("| ported")]
-    assert rows and all(re.search(r"\| \[[-+]\d\.\d{3}, [-+]\d\.\d{3}\] ‡ \|", x) or "| no interval (variance estimated "
-                        "as 0) |" in x for x in rows)
+    assert rows and all(re.search(r"\| \[[-+]\d\.\d{3}, [-+]\d\.\d{3}\] ‡ § \|", x) or "| no interval (variance estimated "
+                        "as 0) |" in x for x in rows)  # § too: the simulated 1-stratum x 2-seed cell misses 0.93-0.97
     assert "‡ beside an interval: coverage unreliable" in md
+    assert "§ beside an interval: its shape" in md
     assert "‡ coverage unreliable" in _section(md, "## Summary", "## Did the origin")
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from . import stats
 from .document import Doc
 from .intervals import FEW_SEED_DF
-from .prose import ci_text, is_hierarchical
+from .prose import MISS_MARK, ci_text, is_hierarchical
 from .sweepdata import SweepData
 from .tables import FEW, METRICS, at_floor, few, fmt_p, is_na, pair_label, regime_label
 
@@ -94,12 +94,14 @@ def stats_rows(comp: pd.DataFrame, by: list[str]):
         if any(flagged) and (comp["method"] == "two-level t").any():
             notes.append(f"{FEW} beside an interval: coverage unreliable — fewer than {FEW_SEED_DF} seed-level degrees "
                          f"of freedom (2 seeds), so the seed part uses t(1) = 12.7 and is honest only as far as seed "
-                         f"effects are roughly normal; or its shape (host directions × datasets, seeds) falls in a cell "
-                         f"where the coverage simulation (BENCHMARKS.md, figures 7) found the 95 % interval outside "
-                         f"0.93–0.97.")
+                         f"effects are roughly normal.")
         elif any(flagged):
             notes.append(f"{FEW} beside an interval: fewer than {stats.MIN_UNITS} run pairs behind it — resampling so "
                          f"few units gives an interval that is likely too narrow; read it as rough.")
+        if "shape_miss" in comp and comp["shape_miss"].fillna(False).astype(bool).any():
+            notes.append(f"{MISS_MARK} beside an interval: its shape (host directions × datasets, seeds) falls in a cell "
+                         f"where the coverage simulation found the 95 % interval outside 0.93–0.97 (BENCHMARKS.md, "
+                         f"figures 7; `pipeline/results/coverage_cells.json`); read it as rough.")
         if any(at_floor(r) for _, r in comp.iterrows()):
             notes.append("“< p”: no bootstrap resample crossed 0, so p is only known to lie below the resampling "
                          "floor; the Holm-adjusted value is an upper bound likewise.")

@@ -51,10 +51,10 @@ def at_floor(r) -> bool:
 
 
 def few(r) -> bool:
-    """The flag behind FEW: too few seeds, or a shape whose coverage cell misses, for the two-level interval; too few
-    run pairs for the others."""
+    """The flag behind FEW: too few seeds for the two-level interval, too few run pairs for the others (a shape whose
+    coverage cell misses is marked apart: prose.MISS_MARK)."""
     if r.get("method") == "two-level t":
-        return bool(r.get("few_seeds", False)) or bool(r.get("shape_miss", False))
+        return bool(r.get("few_seeds", False))
     return bool(r.get("few_units", False))
 
 
