@@ -41,7 +41,9 @@ RESULT_SCHEMA = pa.schema([
     ("sample_mean_err", _F), ("sample_std_err", _F),
     # the run's settings and cost (pipeline.run.runner)
     ("lr", _F), ("head_lr", _F), ("pooling", _S), ("train_examples", _I), ("train_pos_rate", _F),
-    ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("trainable_parameters", _I),
+    ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("peak_reserved_mb", _F), ("trainable_parameters", _I),
+    # the CPUs the run's process was bound to and torch's threads (Slurm's task binding shows here)
+    ("cpus_bound", _I), ("torch_threads", _I),
     # what ran, resolved from the hardware (pipeline.run.train.Device): bf16 | fp32, cuda | cpu
     ("precision", _S), ("device_kind", _S),
     # provenance()

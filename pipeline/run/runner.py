@@ -167,7 +167,7 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     What each stage-2 condition loads is declared in ``pipeline/conditions.py``
     and done by ``prepare``.
     """
-    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, run_settings, set_frozen_dtype, set_gradient_checkpointing, train
+    from .train import Checkpoint, accelerator, cpu_binding, evaluate, peak_memory_mb, peak_reserved_mb, run_settings, set_frozen_dtype, set_gradient_checkpointing, train
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
@@ -217,7 +217,9 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     result.update({"lr": lr, "head_lr": training.head_lr, "pooling": task.pooling if task.kind in T.ENCODER_KINDS else None,
                    "train_examples": len(train_split), "train_pos_rate": ones / len(train_split),
                    "load_time_s": load_s, "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(dev),
-                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+                   "peak_reserved_mb": peak_reserved_mb(dev),
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   **cpu_binding()})
     result.update(shards.provenance())
     result.update(dev.record())
     shards.write_predictions(sweep.preds(row["run_id"]), row["run_id"], eval_split.labels, per_example)
