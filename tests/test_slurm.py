@@ -180,6 +180,27 @@ def test_a_decoder_sweep_through_slurm(make_spec):
     assert ported and ported[0]["port_exact"] and ported[0]["slurm_job_id"]  # ran inside a Slurm job
 
 
+def test_a_job_step_is_bound_to_the_cpus_its_task_asked_for(make_spec):
+    """Each run records ``os.sched_getaffinity`` and torch's threads (shard columns ``cpus_bound``,
+    ``torch_threads``).  The local Slurm binds tasks (``TaskPlugin=task/affinity`` on the machine's real CPUs), as
+    a cluster does: a step that did not ask for its task's CPUs itself (Slurm 22.05-23.02's srun does not inherit
+    ``--cpus-per-task``) is bound to one CPU while torch runs ``cpus`` threads; a stage that asks for one CPU gets
+    one, not the machine."""
+    node = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%c"], capture_output=True, text=True).stdout.split()
+    wide = int(node[0])
+    assert wide >= 2, f"the local node must declare at least 2 CPUs for this test, it has {wide}"
+    spec, sweep = make_spec(conditions=["scratch"], regimes=["zero-shot"],
+                            resources={"stage1": {"time_min": 10, "mem_gb": 2, "cpus": 1},
+                                       "stage2": {"time_min": 10, "mem_gb": 2, "cpus": wide}})
+    cli("sweep", spec)
+    wait_idle(sweep, 300)
+    cli("merge", sweep)
+    rows = pq.read_table(sweep / "results.parquet").to_pylist()
+    got = {r["stage"]: (r["cpus_bound"], r["torch_threads"]) for r in rows}
+    assert got == {1: (1, 1), 2: (wide, wide)}, got
+    assert all(r["slurm_job_id"] for r in rows)
+
+
 def test_failed_run_shows_its_error_and_resume_finishes_it(make_spec):
     spec, sweep = make_spec(conditions=["ported", "scratch"], regimes=["zero-shot"])
     cli("sweep", spec)
