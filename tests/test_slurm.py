@@ -201,6 +201,9 @@ def test_a_job_step_is_bound_to_the_cpus_its_task_asked_for(make_spec):
     got = {r["stage"]: (r["cpus_bound"], r["torch_threads"]) for r in rows}
     assert got == {1: (1, 1), 2: (wide, wide)}, got
     assert all(r["slurm_job_id"] for r in rows)
+    from importlib.metadata import version  # the torch build is recorded with every array submitted
+
+    assert {r["torch"] for r in records(sweep)} == {version("torch")}
 
 
 def test_failed_run_shows_its_error_and_resume_finishes_it(make_spec):

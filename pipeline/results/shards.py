@@ -48,7 +48,7 @@ RESULT_SCHEMA = pa.schema([
     ("precision", _S), ("device_kind", _S),
     # provenance()
     ("v_torch", _S), ("v_transformers", _S), ("v_peft", _S), ("v_accelerate", _S), ("v_datasets", _S),
-    ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S),
+    ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S), ("torch_cuda", _S),
     ("slurm_job_id", _S), ("slurm_array_task_id", _S), ("finished_at", _S),
 ])
 
@@ -144,6 +144,7 @@ def provenance() -> dict[str, Any]:
         "git_commit": code_version(),
         "hostname": socket.gethostname(),
         "device": device,
+        "torch_cuda": torch.version.cuda,  # the CUDA the torch build was made for (None: a CPU build)
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

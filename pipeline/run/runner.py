@@ -167,7 +167,18 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     What each stage-2 condition loads is declared in ``pipeline/conditions.py``
     and done by ``prepare``.
     """
-    from .train import Checkpoint, accelerator, cpu_binding, evaluate, peak_memory_mb, peak_reserved_mb, run_settings, set_frozen_dtype, set_gradient_checkpointing, train
+    from .train import (
+        Checkpoint,
+        accelerator,
+        cpu_binding,
+        evaluate,
+        peak_memory_mb,
+        peak_reserved_mb,
+        run_settings,
+        set_frozen_dtype,
+        set_gradient_checkpointing,
+        train,
+    )
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
