@@ -76,3 +76,13 @@ def test_a_shard_records_the_reserved_peak_and_the_cpus_it_ran_on(tiny_spec, wri
     assert (df["cpus_bound"] == len(os.sched_getaffinity(0))).all()
     assert df["peak_reserved_mb"].isna().all()  # CPU runs: no allocator to report
     assert (df["torch_threads"] >= 1).all()
+
+
+def test_the_dry_run_says_when_nothing_asks_slurm_for_a_gpu_that_large(tiny_spec, write_spec, capsys):
+    from pipeline.cli import main
+
+    tiny_spec["resources"] = {"stage1": {"gpus": 1, "gpu_mem_gb": 40},
+                              "stage2": {"gpus": 1, "gpu_mem_gb": 40, "gpu_features": {"a100_80g": 80}}}
+    assert main(["plan", str(write_spec(tiny_spec)), "--rows", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1: gpu_mem_gb 40 is only checked" in out and "stage 2: gpu_mem_gb" not in out

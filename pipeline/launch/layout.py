@@ -293,6 +293,12 @@ def print_layout(console, spec, plan, max_size: int, scripts: bool = True) -> No
                       str(sum(len(a.tasks) for a in grp)), str(len(grp)),
                       _at_once([a.throttle for a in grp]), dep or "at once")
     console.print(t)
+    for stage in (1, 2):
+        r = resources(spec, stage)
+        if gpu_count(r) and r.gpu_mem_gb and not r.gpu_features:
+            console.print(f"[yellow]stage {stage}: gpu_mem_gb {r.gpu_mem_gb:g} is only checked against the estimate: "
+                          "nothing asks Slurm for a GPU that large; name the site's GPU node features in "
+                          "resources.gpu_features (feature: GB) to get a --constraint[/yellow]", highlight=False)
     if not scripts:
         return
     sweep_root = Path(spec.output_dir).resolve()
