@@ -128,7 +128,7 @@ bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch p
 bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run --smoke
 
-gpu-check: $(STAMP) ## for a GPU node: MiniLM, T5-v1.1-base and 0.5B Qwen2 shapes x 4 techniques in bf16: samples/s vs Trainer, peak memory, MFU, ported dtypes (exit 2 without CUDA)
+gpu-check: $(STAMP) ## for a GPU node (srun --gpus=1 make gpu-check): a node line (driver, torch build, bf16; GPUCHECK=--node: only it), then MiniLM, T5-v1.1-base, 0.5B Qwen2 shapes x 4 techniques on their study precision path: samples/s vs Trainer, MFU, peaks, ported dtypes, a pack through runner.execute (exit 2 without CUDA; GPUCHECK=--tiny on CPU)
 	$(BIN)/python -m benches.gpu_check $(GPUCHECK)
 
 mutate: $(STAMP) ## mutation check of the guarantee modules (~40 min on 2 cores; not CI): killed/survived per module, survivors; score into BENCHMARKS.md. MUTATE='--module shards' narrows it
