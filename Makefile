@@ -48,7 +48,7 @@ $(STAMP): requirements.lock requirements-data.lock pyproject.toml $(TORCH_WANT)
 	  echo "build=$(TORCH_CUDA)" > $(VENV)/.torch-installed; \
 	fi
 	$(BIN)/python -m pip install -q -r requirements.lock
-	@$(BIN)/python -c 'import torch; print(f"torch {torch.__version__}: CUDA {torch.version.cuda or \"none (CPU build)\"}")' | tee $(VENV)/torch-build
+	@set -o pipefail; $(BIN)/python -c 'import torch; print("torch", torch.__version__, "built for CUDA", torch.version.cuda or "none (a CPU build)")' | tee $(VENV)/torch-build
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
