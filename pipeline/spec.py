@@ -116,7 +116,8 @@ class Resources(_Strict):
     gpu_features: dict[str, Float] = Field(
         default_factory=dict, exclude_if=lambda v: not v,
         description="the site's GPU node features -> GPU memory in GB (e.g. {a100_40g: 40, a100_80g: 80, h100: 80}): "
-                    "jobs get --constraint to the features whose GPU holds gpu_mem_gb")
+                    "jobs get --constraint to the features whose GPU holds gpu_mem_gb; name only features the "
+                    "cluster has (sinfo -o %f): Slurm refuses a constraint with an unknown one")
     array_parallelism: int = Field(default=64, gt=0)
     pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
     extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options (single values)")

@@ -151,7 +151,8 @@ def gpu_constraint(r) -> str | None:
     """The stage's ``--constraint``: its own ``constraint``, and -- when it asks for a GPU and names the site's
     GPU node features (``gpu_features``: feature -> GPU memory in GB) -- any of the features whose GPU holds
     ``gpu_mem_gb`` (the largest run's need; every feature when it is unset), so a run never lands on a GPU
-    too small for it.  None when there is nothing to constrain."""
+    too small for it.  None when there is nothing to constrain.  Slurm 22.05 takes ``a|b`` and ``c&(a|b)`` and
+    refuses ("Invalid feature specification") a constraint naming a feature no node of the partition has."""
     big = None
     if r.gpus and r.gpu_features:
         need = r.gpu_mem_gb or 0
