@@ -113,11 +113,7 @@ class Resources(_Strict):
                                      description="memory of the GPU a run gets: a run estimated over it is refused")
     time_min: int = Field(default=60, gt=0)
     constraint: str | None = None
-    gpu_features: dict[str, Float] = Field(
-        default_factory=dict, exclude_if=lambda v: not v,
-        description="the site's GPU node features -> GPU memory in GB (e.g. {a100_40g: 40, a100_80g: 80, h100: 80}): "
-                    "jobs get --constraint to the features whose GPU holds gpu_mem_gb; name only features the "
-                    "cluster has (sinfo -o %f): Slurm refuses a constraint with an unknown one")
+    gpu_features: dict[str, Float] = Field(default_factory=dict, exclude_if=lambda v: not v)  # feature: GPU GB (checks)
     array_parallelism: int = Field(default=64, gt=0)
     pack_size: int | None = Field(default=None, gt=0, description="runs per array task; None: estimated")
     extra: dict[str, Any] = Field(default_factory=dict, description="more sbatch options (single values)")
@@ -136,23 +132,6 @@ class Resources(_Strict):
         if v > MAX_GPUS:
             raise ValueError("multi-GPU per run is not supported: one GPU a run; more GPUs run more runs at once (arrays)")
         return v
-
-    @field_validator("gpu_features")
-    @classmethod
-    def _feature_memory(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = next(((k, x) for k, x in v.items() if not x > 0 or not str(k).strip() or set(str(k)) & set("|&,[]()* ")),
-                   None)
-        if bad:
-            raise _KeyError(bad[0], f"a node feature name (no spaces or |&,[]()*) -> its GPU memory in GB (> 0), "
-                                    f"got {bad[0]!r}: {bad[1]!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _a_feature_holds_the_run(self):
-        if self.gpu_features and self.gpu_mem_gb and max(self.gpu_features.values()) < self.gpu_mem_gb:
-            raise ValueError(f"gpu_features: no feature's GPU holds gpu_mem_gb {self.gpu_mem_gb:g} GB (largest "
-                             f"{max(self.gpu_features.values()):g} GB)")
-        return self
 
 
 class Stages(_Strict):

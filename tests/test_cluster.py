@@ -56,9 +56,11 @@ def test_a_gpu_run_records_the_reserved_peak_beside_the_allocated_one(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 3 * 2**30)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: 5 * 2**30)
+    from pipeline.run.runner import peak_reserved_mb
+
     dev = T.Device("cuda", "bf16")
-    assert T.peak_memory_mb(dev) == 3 * 1024 and T.peak_reserved_mb(dev) == 5 * 1024
-    assert T.peak_reserved_mb(T.Device("cpu", "fp32")) is None
+    assert T.peak_memory_mb(dev) == 3 * 1024 and peak_reserved_mb(dev) == 5 * 1024
+    assert peak_reserved_mb(T.Device("cpu", "fp32")) is None
 
 
 def test_a_shard_records_the_reserved_peak_and_the_cpus_it_ran_on(tiny_spec, write_spec):

@@ -161,6 +161,22 @@ def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.
     return model, checks
 
 
+def peak_reserved_mb(dev=None) -> float | None:
+    """This run's peak of GPU memory the caching allocator reserved (allocated + cached blocks, fragmentation
+    included: what runs a GPU out of memory, what ``nvidia-smi`` shows; reset with the allocated peak by
+    ``train.run_settings``); None on CPU."""
+    if (dev is None or dev.kind == "cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_reserved() / 2**20
+    return None
+
+
+def cpu_binding() -> dict:
+    """The CPUs this process may run on (``os.sched_getaffinity``: what Slurm's task binding left it) and the
+    threads torch uses: a shard's ``cpus_bound`` / ``torch_threads``."""
+    bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus_bound": bound, "torch_threads": torch.get_num_threads()}
+
+
 def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: False, on_step=None) -> dict:
     """Run one planned run, write its predictions and then its shard; returns the shard row.
 
@@ -170,10 +186,8 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     from .train import (
         Checkpoint,
         accelerator,
-        cpu_binding,
         evaluate,
         peak_memory_mb,
-        peak_reserved_mb,
         run_settings,
         set_frozen_dtype,
         set_gradient_checkpointing,

@@ -389,21 +389,6 @@ def evaluate(model, task: Task, texts, labels, *, cfg, acc) -> tuple[dict, dict]
     return metrics, {"pred": preds, "score": margin}
 
 
-def peak_reserved_mb(dev: Device | None = None) -> float | None:
-    """This run's peak of GPU memory the caching allocator reserved (allocated + cached blocks, fragmentation
-    included: what runs a GPU out of memory, and what ``nvidia-smi`` shows); None on CPU."""
-    if (dev is None or dev.kind == "cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_reserved() / 2**20
-    return None
-
-
-def cpu_binding() -> dict:
-    """The CPUs this process may run on (``os.sched_getaffinity``: what Slurm's task binding left it) and the
-    threads torch uses; a shard's ``cpus_bound`` / ``torch_threads``."""
-    bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpus_bound": bound, "torch_threads": torch.get_num_threads()}
-
-
 def peak_memory_mb(dev: Device | None = None) -> float:
     """This run's peak of GPU memory allocated (the counter is reset per run: ``run_settings``); on CPU the
     process's peak resident memory (which includes earlier runs of the process)."""
