@@ -11,22 +11,49 @@ SET   ?=
 # SET='seeds=[0,1] origin_training.steps=50': one --set per word (no spaces inside a value)
 SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
+# The torch build `make setup` installs (torch 2.13.0 of requirements.lock in every case):
+#   TORCH_CUDA=     (empty) the default index's wheel: CUDA 12.x on Linux x86-64 from PyPI, whatever lies on disk here
+#   TORCH_CUDA=cu126 | cu128 | cu130 | cpu   the wheel built for that CUDA (or none) from $(TORCH_INDEX)/<build>
+# Pick the CUDA build the GPU nodes' driver supports (`nvidia-smi` on a node: "CUDA Version"), then check a node with
+# `srun --gpus=1 make gpu-check GPUCHECK=--node`.  Changing it reinstalls torch; the build is in $(VENV)/torch-build
+# and every shard (v_torch, torch_cuda).
+TORCH_CUDA ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl
+TORCH_PIN := $(shell sed -n 's/^torch==//p' requirements.lock)
+TORCH_WANT := $(VENV)/.torch-cuda
 
-.PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
+.PHONY: FORCE help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
         bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean spec-doc
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-$(STAMP): requirements.lock requirements-data.lock pyproject.toml
+# rewritten only when TORCH_CUDA changes, so that a change reinstalls torch and nothing else does
+$(TORCH_WANT): FORCE
+	@case "$(TORCH_CUDA)" in ""|cpu|cu[0-9][0-9]|cu[0-9][0-9][0-9]|rocm[0-9]*) ;; \
+	 *) echo "error: TORCH_CUDA=$(TORCH_CUDA): expected cu126, cu128, cu130, cpu (or empty: the default index)" >&2; exit 2;; esac
+	@mkdir -p $(VENV)
+	@if [ "$$(cat $@ 2>/dev/null)" != "build=$(TORCH_CUDA)" ]; then echo "build=$(TORCH_CUDA)" > $@; fi
+
+$(STAMP): requirements.lock requirements-data.lock pyproject.toml $(TORCH_WANT)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@if [ "$$(cat $(VENV)/.torch-installed 2>/dev/null)" != "build=$(TORCH_CUDA)" ]; then \
+	  $(BIN)/python -m pip uninstall -q -y torch 2>/dev/null; \
+	  if [ -n "$(TORCH_CUDA)" ]; then \
+	    echo "torch $(TORCH_PIN), build $(TORCH_CUDA), from $(TORCH_INDEX)/$(TORCH_CUDA)"; \
+	    $(BIN)/python -m pip install -q "torch==$(TORCH_PIN)" --index-url $(TORCH_INDEX)/$(TORCH_CUDA) \
+	      --extra-index-url https://pypi.org/simple || exit 1; \
+	  fi; \
+	  echo "build=$(TORCH_CUDA)" > $(VENV)/.torch-installed; \
+	fi
 	$(BIN)/python -m pip install -q -r requirements.lock
+	@set -o pipefail; $(BIN)/python -c 'import torch; print("torch", torch.__version__, "built for CUDA", torch.version.cuda or "none (a CPU build)")' | tee $(VENV)/torch-build
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-setup: $(STAMP) ## create .venv with the pinned stack (reused when up to date)
+setup: $(STAMP) ## create .venv with the pinned stack (reused when up to date); TORCH_CUDA=cu126|cu128|cu130|cpu picks the torch build
 
 hosts: $(STAMP) ## build the embedded MiniLM pair into models/ (second host: 30 SimCSE steps on tweets, distance measured)
 	$(RUN) hosts
@@ -101,7 +128,7 @@ bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch p
 bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run --smoke
 
-gpu-check: $(STAMP) ## for a GPU node: MiniLM, T5-v1.1-base and 0.5B Qwen2 shapes x 4 techniques in bf16: samples/s vs Trainer, peak memory, MFU, ported dtypes (exit 2 without CUDA)
+gpu-check: $(STAMP) ## for a GPU node (srun --gpus=1 make gpu-check): a node line (driver, torch build, bf16; GPUCHECK=--node: only it), then MiniLM, T5-v1.1-base, 0.5B Qwen2 shapes x 4 techniques on their study precision path: samples/s vs Trainer, MFU, peaks, ported dtypes, a pack through runner.execute (exit 2 without CUDA; GPUCHECK=--tiny on CPU)
 	$(BIN)/python -m benches.gpu_check $(GPUCHECK)
 
 mutate: $(STAMP) ## mutation check of the guarantee modules (~40 min on 2 cores; not CI): killed/survived per module, survivors; score into BENCHMARKS.md. MUTATE='--module shards' narrows it

@@ -54,9 +54,27 @@ def check_spec(spec, source: str) -> None:
     from .shapes import check_pairs
 
     check_pairs(spec, source)
+    check_gpu_features(spec, source)
     check_memory(spec, source)
     for i, ds in enumerate(spec.datasets):
         check_dataset(ds, f"{source}: datasets[{i}]")
+
+
+def check_gpu_features(spec, source: str) -> None:
+    """``resources.stageN.gpu_features``: the site's GPU node features -> GPU memory in GB (jobs get a --constraint
+    to those whose GPU holds ``gpu_mem_gb``: ``launch.layout.gpu_constraint``); name only features the cluster
+    has (``sinfo -o %f``): Slurm refuses a constraint naming an unknown one.  SpecError for a bad name or size,
+    or when no feature's GPU holds ``gpu_mem_gb``."""
+    for stage in (1, 2):
+        r = getattr(spec.resources, f"stage{stage}")
+        where = f"{source}: resources.stage{stage}.gpu_features"
+        for k, gb in r.gpu_features.items():
+            if not gb > 0 or not k.strip() or set(k) & set("|&,[]()*! "):
+                raise SpecError(f"{where}: a node feature name (no spaces or |&,[]()*!) -> its GPU memory in GB "
+                                f"(> 0), got {k!r}: {gb!r}")
+        if r.gpu_features and r.gpu_mem_gb and max(r.gpu_features.values()) < r.gpu_mem_gb:
+            raise SpecError(f"{where}: no feature's GPU holds gpu_mem_gb {r.gpu_mem_gb:g} GB (largest "
+                            f"{max(r.gpu_features.values()):g} GB)")
 
 
 def check_memory(spec, source: str) -> None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .devices import gpu_count
+from .memory import CAUSAL_LM, ENCODER_DECODER, run_memory  # noqa: F401 - the memory model lives in pipeline.memory
 from .shapes import HUB_CONFIGS, decoder_params
 
 PEAK_TFLOPS = 312.0  # NVIDIA A100, dense bf16 tensor-core peak
@@ -51,15 +52,6 @@ RUN_OVERHEAD_S = 15.0  # per run (a run holds one GPU)
 TARGET_TOKENS = 2  # text-to-text target: label word + </s>
 PACK_TIME_SHARE = 0.5  # a pack of runs should fit in this share of its task's time limit (launch.layout too)
 
-# GPU memory of one run (``run_memory``), from a CPU-side count of what autograd keeps for the backward pass of a
-# LoRA-wrapped T5 v1.1 under bf16 autocast (tests/test_gpu_ready.py::test_memory_model_matches_a_measured_count):
-# activations per input token and layer ~ 36.7 B x d_model + 14.2 B x d_ff + 12.2 B x heads x sequence length,
-# about 1.3x that in fp32; autocast's bf16 copy of every frozen matmul weight lives until the backward pass (~2 B a
-# parameter); trainable parameters cost 16 B (fp32 weight, grad, two Adam moments).  T5-large at 32 x 128 tokens:
-# 3.1 GB fp32 weights + 1.6 GB bf16 copies + 32 x 0.32 GB activations + 0.5 GB CUDA context ~ 15 GB.
-ACT_BYTES = (36.7, 14.2, 12.2)  # per token and layer: per d_model, per d_ff, per head x token of the sequence
-ACT_FP32 = 1.3
-CUDA_CONTEXT_GB = 0.5  # CUDA context, cuBLAS workspace, allocator slack (not measurable on CPU; typical)
 # (d_model, d_ff, heads, layers) of hub hosts without a local config.json
 KNOWN_SHAPES: dict[str, tuple[int, int, int, int]] = {
     **{f"google/{f}-{s}": shape for f in ("t5-v1_1", "flan-t5") for s, shape in (
@@ -101,8 +93,6 @@ KNOWN_PARAMS: dict[str, int] = {
     "embedded:tiny-t5-a": 292_736,
     "embedded:tiny-t5-b": 292_736,
 }
-ENCODER_DECODER = "text-to-text"
-CAUSAL_LM = "causal-lm"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -212,29 +202,6 @@ def host_vocab(model: str, models_dir: Path | str = "models") -> int:
     except (OSError, ValueError):
         c = {}
     return int(c.get("vocab_size") or 0)
-
-
-def run_memory(n_params: int, shape: tuple[int, int, int, int], training: dict, trainable: int = 5_000_000,
-               task: str | None = None, classes: int = 2, vocab: int = 0) -> dict[str, float]:
-    """Peak GPU memory of one training run in GB, by part (see the constants above): frozen weights, autocast's
-    bf16 copies, trainable state, activations, CUDA context; ``total``.  A causal-lm run scores every class in
-    its own row (batch x classes rows of max_length + the word's tokens) and keeps fp32 logits, their
-    log-softmax and its gradient at the word positions only (``logits``)."""
-    d, ff, heads, layers = shape
-    L, batch = training["max_length"], training.get("batch_size", 0)
-    logits = 0.0
-    if task == CAUSAL_LM:
-        batch, L = batch * classes, L + TARGET_TOKENS + 1
-        logits = batch * (TARGET_TOKENS + 1) * vocab * 4 * 3 / 1e9
-    bf16 = training.get("precision") in ("bf16", "auto")
-    frozen_bf16 = training.get("frozen_dtype") == "bf16"
-    per_token = (ACT_BYTES[0] * d + ACT_BYTES[1] * ff + ACT_BYTES[2] * heads * L) * (1 if bf16 else ACT_FP32)
-    parts = {"weights": n_params * (2 if frozen_bf16 else 4) / 1e9,
-             "bf16_copies": n_params * 2 / 1e9 if bf16 and not frozen_bf16 else 0.0,
-             "trainable": trainable * 16 / 1e9,
-             "activations": batch * L * layers * per_token / 1e9 + logits,
-             "cuda_context": CUDA_CONTEXT_GB}
-    return {**parts, "total": sum(parts.values())}
 
 
 # --------------------------------------------------------------------------- estimate

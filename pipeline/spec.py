@@ -178,6 +178,9 @@ class Resources(_Strict):
     its checkpoint."""
     constraint: str | None = None
     """Node features the task needs (``--constraint``, e.g. ``a100``); null: any node."""
+    gpu_features: dict[str, Float] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    """Node features (``sinfo -o %f``) that mark GPUs, each with its GPU memory in GB: with ``gpu_mem_gb`` set, the
+    task asks ``--constraint`` for the features whose GPU holds that much (name only features the cluster has)."""
     array_parallelism: int = Field(default=64, gt=0)
     """At most this many array tasks of the stage run at once, shared out between its arrays (``%N``)."""
     pack_size: int | None = Field(default=None, gt=0)

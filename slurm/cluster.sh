@@ -13,10 +13,16 @@ set -euo pipefail
 
 CLUSTER_NAME=${SLURM_CLUSTER_NAME:-pipeline}
 PARTITION=${SLURM_PARTITION_NAME:-debug}
-CPUS=${SLURM_CPUS:-8}
+CPUS=${SLURM_CPUS:-$(nproc --all)}
 MEM_MB=${SLURM_MEM_MB:-16000}
 [[ $CPUS =~ ^[1-9][0-9]*$ && $MEM_MB =~ ^[1-9][0-9]*$ ]] || {
     echo "[cluster] ERROR: SLURM_CPUS and SLURM_MEM_MB must be positive integers" >&2; exit 2; }
+# two sockets where the CPUs split evenly, as on most cluster nodes: a step that gets one CPU then binds to one
+# socket (one CPU here), where a single socket would have covered the whole machine (Slurm 22.05's implicit
+# socket binding of a step without --cpus-per-task)
+SOCKETS=${SLURM_SOCKETS:-$(( CPUS % 2 == 0 ? 2 : 1 ))}
+(( SOCKETS >= 1 && CPUS % SOCKETS == 0 )) || {
+    echo "[cluster] ERROR: SLURM_SOCKETS=$SOCKETS must divide SLURM_CPUS=$CPUS" >&2; exit 2; }
 DEF_MEM_PER_CPU=${SLURM_DEF_MEM_PER_CPU:-$((MEM_MB / CPUS))}
 MAX_JOB_COUNT=${SLURM_MAX_JOB_COUNT:-100000}
 MAX_ARRAY_SIZE=${SLURM_MAX_ARRAY_SIZE:-1001}
@@ -136,7 +142,9 @@ AuthInfo=cred_expire=$CRED_EXPIRE
 CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# bind every task to the CPUs it was given (sched_setaffinity), as clusters do: a step that asks for fewer CPUs
+# than its job, or a job that asks for fewer than torch uses, shows up here and not first on a cluster
+TaskPlugin=task/affinity
 ReturnToService=2
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
 SlurmdPidFile=$RUN_DIR/slurmd.pid
@@ -148,7 +156,7 @@ SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-# advertise the CPUs below even if the machine has fewer, so arrays of small tasks run side by side
+# the node as configured below even where it differs from what slurmd detects (SLURM_CPUS)
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
@@ -172,7 +180,7 @@ JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM_MB State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS Boards=1 SocketsPerBoard=$SOCKETS CoresPerSocket=$((CPUS / SOCKETS)) ThreadsPerCore=1 RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
     if write_if_changed "$DBD_CONF_FILE" slurm:slurm 600 <<EOF; then DBD_CONF_CHANGED=1; fi

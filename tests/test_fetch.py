@@ -7,7 +7,9 @@ environment (downloads fail at once), and a cache is filled by writing the hub's
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +50,7 @@ def test_sbatch_scripts_run_jobs_offline(tiny_spec, write_spec, capsys):
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             i = lines.index(f"export {var}=1")
             assert i < srun  # set before the job's Python starts
-    assert L.sbatch_params(__import__("pipeline.spec", fromlist=["parse"]).parse(tiny_spec), 1)["setup"] == [
+    assert L.sbatch_params(__import__("pipeline.spec", fromlist=["parse"]).parse(tiny_spec), 1)["setup"][:2] == [
         "export HF_HUB_OFFLINE=1", "export HF_DATASETS_OFFLINE=1"]
 
 
@@ -272,3 +274,87 @@ def test_dry_run_with_the_hub_reachable_downloads_nothing_and_says_what_sweep_wo
     assert main(["sweep", str(hub_spec("fake-org/not-cached")), "--dry-run"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the width; a longer tmp path moves the breaks
     assert calls == ["check"] and "note: host hub-a is not in the HF cache" in out and "`pipeline sweep` fetches it" in out
+
+
+# ---------------------------------------------------------------- fetch only what loading needs (issue 27)
+T5_V11 = {"config.json": 537, "pytorch_model.bin": 990_000_000, "tf_model.h5": 990_000_000,
+          "flax_model.msgpack": 990_000_000, "special_tokens_map.json": 1_786, "spiece.model": 791_656,
+          "tokenizer_config.json": 1_857, "README.md": 2_000, ".gitattributes": 1_000}
+LLAMA_32 = {"config.json": 877, "generation_config.json": 189, "model.safetensors": 2_471_645_608,
+            "original/consolidated.00.pth": 2_471_677_246, "original/params.json": 220,
+            "original/tokenizer.model": 2_183_982, "special_tokens_map.json": 296, "tokenizer.json": 9_085_657,
+            "tokenizer_config.json": 54_528, "LICENSE.txt": 7_712, "USE_POLICY.md": 6_021}
+SHARDED = {"config.json": 1, "model.safetensors.index.json": 1, "model-00001-of-00002.safetensors": 5,
+           "model-00002-of-00002.safetensors": 5, "consolidated.safetensors": 10, "pytorch_model.bin.index.json": 1,
+           "pytorch_model-00001-of-00002.bin": 5, "pytorch_model-00002-of-00002.bin": 5, "tokenizer.json": 1}
+
+
+@pytest.mark.parametrize("repo,files,want", [
+    ("google/t5-v1_1-base", T5_V11, ["config.json", "pytorch_model.bin", "special_tokens_map.json", "spiece.model",
+                                     "tokenizer_config.json"]),
+    ("meta-llama/Llama-3.2-1B", LLAMA_32, ["config.json", "generation_config.json", "model.safetensors",
+                                           "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]),
+    ("org/sharded", SHARDED, ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                              "model.safetensors.index.json", "tokenizer.json"]),
+])
+def test_fetch_downloads_only_what_loading_needs_and_prints_the_bytes(repo, files, want, monkeypatch, capsys):
+    """T5 v1.1 also carries TensorFlow and Flax weights, Llama-3.2 its original/*.pth: 2-3x the bytes a load reads."""
+    import types
+
+    import huggingface_hub
+
+    from pipeline.run import fetch as F
+
+    asked = []
+
+    class Api:
+        def model_info(self, repo_id, files_metadata=False):
+            sib = [types.SimpleNamespace(rfilename=f, size=n) for f, n in files.items()]
+            return types.SimpleNamespace(siblings=sib)
+
+    def index(repo_id, filename, **kw):  # the index names its shards (not consolidated.safetensors)
+        p = Path(__import__("tempfile").mkdtemp()) / filename
+        p.write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                "b": "model-00002-of-00002.safetensors"}}))
+        return str(p)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", index)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda r, **kw: asked.append(kw) or "/nowhere")
+    assert F._download_here({"h": repo}, {}) == {}
+    assert len(asked) == 1 and sorted(asked[0]["allow_patterns"]) == want
+    out = capsys.readouterr().out
+    got = sum(files[f] for f in want)
+    assert f"host h ({repo}): {len(want)} files, {F._gb(got)} of the repo's {F._gb(sum(files.values()))}" in out
+
+
+def test_a_truncated_weight_file_does_not_load_offline(hub_spec, hf_home, capsys, models_dir, tmp_path):
+    folder = tmp_path / "truncated"
+    shutil.copytree(models_dir / "tiny-bert-a", folder)
+    w = folder / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # a download cut short, a quota hit
+    cache_host(hf_home, "fake-org/tiny-bert", folder)
+    assert main(["fetch", str(hub_spec("fake-org/tiny-bert"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weight file model.safetensors does not read" in err, err
+
+
+def test_a_bin_only_host_and_a_sharded_one_load_offline_and_a_missing_shard_does_not(models_dir, tmp_path):
+    """T5 v1.1 ships only pytorch_model.bin; an index must find every shard it names."""
+    import torch
+    from transformers import AutoModel
+
+    from pipeline.run import fetch as F
+
+    model = AutoModel.from_pretrained(models_dir / "tiny-bert-a")
+    (tmp_path / "bin").mkdir()
+    model.config.save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # as T5 v1.1's repo has it
+    assert F.check_weights(tmp_path / "bin") > 0
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) >= 2 and F.check_weights(tmp_path / "sharded") == sum(
+        p.stat().st_size for p in [*shards, tmp_path / "sharded" / "model.safetensors.index.json"])
+    shards[-1].unlink()
+    with pytest.raises(FileNotFoundError, match=f"weight file {shards[-1].name} .named by the index. is missing"):
+        F.check_weights(tmp_path / "sharded")

@@ -397,9 +397,10 @@ def test_memory_model_matches_a_measured_count(shape, seq):
     from pipeline import cost
 
     copies, acts, n = _saved_for_backward(*shape, seq)
-    est = cost.run_memory(n, shape, {"max_length": seq, "batch_size": 2, "precision": "bf16"}, trainable=0)
+    est = cost.run_memory(n, shape, {"max_length": seq, "batch_size": 2, "precision": "bf16"}, trainable=0,
+                          task=cost.ENCODER_DECODER)
     assert est["activations"] * 1e9 == pytest.approx(acts, rel=0.15)
     assert est["bf16_copies"] * 1e9 == pytest.approx(copies, rel=0.25)  # every matmul weight, not the norms
     big = cost.run_memory(cost.KNOWN_PARAMS["google/t5-v1_1-large"], cost.KNOWN_SHAPES["google/t5-v1_1-large"],
-                          {"max_length": 128, "batch_size": 32, "precision": "bf16"})
+                          {"max_length": 128, "batch_size": 32, "precision": "bf16"}, task=cost.ENCODER_DECODER)
     assert 13 < big["total"] < 17 and big["activations"] / 32 == pytest.approx(0.32, abs=0.02)

@@ -38,9 +38,9 @@ def slurm_cluster():
         pytest.fail(f"Slurm accounting does not work (sacct: {p.stderr.strip()[:200]}): {hint}", pytrace=False)
 
 
-def cli(*args, check=True, timeout=300):
+def cli(*args, check=True, timeout=300, env=None):
     p = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and p.returncode != 0:
         raise AssertionError(f"pipeline {' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p.stdout
@@ -178,6 +178,32 @@ def test_a_decoder_sweep_through_slurm(make_spec):
     assert sorted(r["run_id"] for r in rows) == sorted(planned)
     ported = [r for r in rows if r["condition"] == "ported"]
     assert ported and ported[0]["port_exact"] and ported[0]["slurm_job_id"]  # ran inside a Slurm job
+
+
+def test_a_job_step_is_bound_to_the_cpus_its_task_asked_for(make_spec):
+    """Each run records ``os.sched_getaffinity`` and torch's threads (shard columns ``cpus_bound``,
+    ``torch_threads``).  The local Slurm binds tasks (``TaskPlugin=task/affinity`` on the machine's real CPUs, two
+    sockets), as a cluster does, so a stage that asks for one CPU gets one, not the machine.  And a job step must
+    ask for its task's CPUs itself: srun of Slurm 22.05 to 23.02 does not take them from the job (documented;
+    the local 22.05.8 does), so a plain ``srun`` gets one CPU while torch runs ``cpus`` threads.  Such an srun
+    is emulated here by submitting with ``SRUN_CPUS_PER_TASK=1`` in the environment (sbatch passes it into the
+    job, srun reads it before the job's own value)."""
+    node = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%c"], capture_output=True, text=True).stdout.split()
+    wide = int(node[0])
+    assert wide >= 2, f"the local node must declare at least 2 CPUs for this test, it has {wide}"
+    spec, sweep = make_spec(conditions=["scratch"], regimes=["zero-shot"],
+                            resources={"stage1": {"time_min": 10, "mem_gb": 2, "cpus": 1},
+                                       "stage2": {"time_min": 10, "mem_gb": 2, "cpus": wide}})
+    cli("sweep", spec, env={"SRUN_CPUS_PER_TASK": "1"})
+    wait_idle(sweep, 300)
+    cli("merge", sweep)
+    rows = pq.read_table(sweep / "results.parquet").to_pylist()
+    got = {r["stage"]: (r["cpus_bound"], r["torch_threads"]) for r in rows}
+    assert got == {1: (1, 1), 2: (wide, wide)}, got
+    assert all(r["slurm_job_id"] for r in rows)
+    from importlib.metadata import version  # the torch build is recorded with every array submitted
+
+    assert {r["torch"] for r in records(sweep)} == {version("torch")}
 
 
 def test_failed_run_shows_its_error_and_resume_finishes_it(make_spec):

@@ -28,6 +28,9 @@ from ..devices import gpu_count
 
 TARGET_TASK_S = 600  # an estimated pack runs about this long ...
 MIN_TASK_S = 120  # ... and at least this long when there are runs enough (start-up costs 5-30 s)
+# the job's setup lines besides the hub's offline mode: PyTorch's caching allocator grows segments instead of
+# fragmenting on length-bucketed batches (whose shapes change every step); a value the user exported wins
+JOB_SETUP = ["export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"]
 
 
 # ---------------------------------------------------------------- packing
@@ -114,7 +117,10 @@ def sbatch_params(spec, stage: int, throttle: int | None = None, dependency: str
     """submitit SlurmExecutor parameters (sbatch-level names) of one stage's arrays.  The script's setup
     lines (before ``srun``) put the jobs in the hub's offline mode (``OFFLINE_ENV``): compute nodes often
     have no internet, and everything a run loads from the hub was fetched into the HF cache on the login
-    node (``pipeline fetch``; ``pipeline sweep`` checks it before it submits)."""
+    node (``pipeline fetch``; ``pipeline sweep`` checks it before it submits); and set ``JOB_SETUP``.  The
+    ``srun`` line asks for the task's CPUs itself (``--cpus-per-task``): from Slurm 22.05 to 23.02 a step
+    does not inherit them from the job, so it would get one CPU (bound to it where the site binds tasks)
+    while torch runs ``cpus`` threads.  ``constraint``: :func:`gpu_constraint`."""
     from submitit.slurm.slurm import _convert_mem
 
     from ..hub import OFFLINE_ENV
@@ -122,19 +128,41 @@ def sbatch_params(spec, stage: int, throttle: int | None = None, dependency: str
     r = resources(spec, stage)
     p = {"job_name": job_name(spec, stage), "time": r.time_min, "cpus_per_task": r.cpus, "mem": _convert_mem(r.mem_gb),
          "signal_delay_s": signal_delay(r.time_min), "array_parallelism": throttle or r.array_parallelism,
-         "setup": [f"export {k}={v}" for k, v in OFFLINE_ENV.items()]}
+         "setup": [f"export {k}={v}" for k, v in OFFLINE_ENV.items()] + JOB_SETUP,
+         # the job step gets the task's CPUs: Slurm 22.05-23.02's srun does not inherit --cpus-per-task
+         "srun_args": ["--cpus-per-task", str(r.cpus)]}
     if r.gpus and r.gpu_request == "gres":  # sites on select/cons_res know only --gres
         p["gres"] = f"gpu:{r.gpus}"
     elif r.gpus:
         p["gpus_per_node"] = r.gpus
-    for k in ("partition", "account", "qos", "constraint"):
+    for k in ("partition", "account", "qos"):
         if getattr(r, k):
             p[k] = getattr(r, k)
+    if constraint := gpu_constraint(r):
+        p["constraint"] = constraint
     if dependency:
         p["dependency"] = dependency
     if r.extra:
         p["additional_parameters"] = {str(k).replace("-", "_"): v for k, v in r.extra.items()}
     return p
+
+
+def gpu_constraint(r) -> str | None:
+    """The stage's ``--constraint``: its own ``constraint``, and -- when it asks for a GPU and names the site's
+    GPU node features (``gpu_features``: feature -> GPU memory in GB) -- any of the features whose GPU holds
+    ``gpu_mem_gb`` (the largest run's need; every feature when it is unset), so a run never lands on a GPU
+    too small for it.  None when there is nothing to constrain.  Slurm 22.05 takes ``a|b`` and ``c&(a|b)`` and
+    refuses ("Invalid feature specification") a constraint naming a feature no node of the partition has."""
+    big = None
+    if r.gpus and r.gpu_features:
+        need = r.gpu_mem_gb or 0
+        big = [f for f, gb in sorted(r.gpu_features.items(), key=lambda x: (x[1], x[0])) if gb >= need]
+    if not big:
+        return r.constraint
+    either = "|".join(big)
+    if not r.constraint:
+        return either
+    return f"{r.constraint}&({either})" if len(big) > 1 else f"{r.constraint}&{either}"
 
 
 def render_sbatch(sweep_root: Path, params: dict, n_tasks: int) -> str:
@@ -266,6 +294,12 @@ def print_layout(console, spec, plan, max_size: int, scripts: bool = True) -> No
                       str(sum(len(a.tasks) for a in grp)), str(len(grp)),
                       _at_once([a.throttle for a in grp]), dep or "at once")
     console.print(t)
+    for stage in (1, 2):
+        r = resources(spec, stage)
+        if gpu_count(r) and r.gpu_mem_gb and not r.gpu_features:
+            console.print(f"[yellow]stage {stage}: gpu_mem_gb {r.gpu_mem_gb:g} is only checked against the estimate: "
+                          "nothing asks Slurm for a GPU that large; name the site's GPU node features in "
+                          "resources.gpu_features (feature: GB) to get a --constraint[/yellow]", highlight=False)
     if not scripts:
         return
     sweep_root = Path(spec.output_dir).resolve()

@@ -120,13 +120,24 @@ def _submit(sweep: Sweep, spec, a: ArrayPlan) -> dict:
             raise (LimitRefused if _LIMIT_REFUSAL.search(str(e)) else SlurmError)(why) from None
         first = jobs[0].job_id
         rec = {"stage": a.stage, "job_id": first.split("_")[0], "array": "_" in first, "name": job_name(spec, a.stage),
-               "tasks": a.tasks, "depends": a.depends, "throttle": a.throttle,
+               "tasks": a.tasks, "depends": a.depends, "throttle": a.throttle, "torch": torch_build(),
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with open(sweep.root / st.JOBS_FILE, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
     return rec
+
+
+def torch_build() -> str | None:
+    """The installed torch's version with its build label (``2.13.0+cu126``; plain ``2.13.0`` is the default
+    index's CUDA build, ``+cpu`` a CPU one), read from its metadata without importing torch; None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
 
 
 def _quarantine_shard(sweep: Sweep, rid: str) -> None:

@@ -41,12 +41,14 @@ RESULT_SCHEMA = pa.schema([
     ("sample_mean_err", _F), ("sample_std_err", _F),
     # the run's settings and cost (pipeline.run.runner)
     ("lr", _F), ("head_lr", _F), ("pooling", _S), ("train_examples", _I), ("train_pos_rate", _F),
-    ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("trainable_parameters", _I),
+    ("load_time_s", _F), ("total_time_s", _F), ("peak_mem_mb", _F), ("peak_reserved_mb", _F), ("trainable_parameters", _I),
+    # the CPUs the run's process was bound to and torch's threads (Slurm's task binding shows here)
+    ("cpus_bound", _I), ("torch_threads", _I),
     # what ran, resolved from the hardware (pipeline.run.train.Device): bf16 | fp32, cuda | cpu
     ("precision", _S), ("device_kind", _S),
     # provenance()
     ("v_torch", _S), ("v_transformers", _S), ("v_peft", _S), ("v_accelerate", _S), ("v_datasets", _S),
-    ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S),
+    ("v_pyarrow", _S), ("v_submitit", _S), ("python", _S), ("git_commit", _S), ("hostname", _S), ("device", _S), ("torch_cuda", _S),
     ("slurm_job_id", _S), ("slurm_array_task_id", _S), ("finished_at", _S),
 ])
 
@@ -142,6 +144,7 @@ def provenance() -> dict[str, Any]:
         "git_commit": code_version(),
         "hostname": socket.gethostname(),
         "device": device,
+        "torch_cuda": torch.version.cuda,  # the CUDA the torch build was made for (None: a CPU build)
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -7,8 +7,12 @@ off here (``HF_HUB_OFFLINE=1``) nothing is downloaded and a name missing from th
 once; a gated or private repo is refused naming ``HF_TOKEN``; ``--dry-run`` downloads nothing and only
 notes what a real sweep would fetch.
 
-Hosts: ``huggingface_hub.snapshot_download`` (the whole repo); the offline check loads the config and
-tokenizer and finds the weights in the cached snapshot.  Datasets: ``datasets.load_dataset`` of each
+Hosts: only what loading needs (:func:`files_to_fetch`): the weights in one format -- safetensors, or where a
+repo has none ``pytorch_model*.bin`` (T5 v1.1) --, never the TensorFlow, Flax, ONNX or ``original/`` copies a
+repo may also carry; configs; tokenizer files.  The bytes are printed per host.  The offline check loads the
+config and tokenizer and reads the weights as a load would find them (:func:`check_weights`: every shard an
+index names is there, and each weight file opens and yields a tensor: a truncated or missing file fails here,
+on the login node, not inside a job).  Datasets: ``datasets.load_dataset`` of each
 split the runs use (which downloads and prepares it into the datasets cache); the offline check loads
 the same splits.  Downloads and the check run in child processes (``python -m pipeline.run.fetch``),
 the check with the offline variables set, because the libraries read them once, when imported; the
@@ -41,7 +45,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple],
-           offline: bool, timeout: float | None) -> dict[str, str]:
+           offline: bool, timeout: float | None, say=None) -> dict[str, str]:
     """Run ``python -m pipeline.run.fetch MODE JOB``; its failures ``{"host NAME" | "dataset NAME": reason}``."""
     if not hosts and not datasets_:
         return {}
@@ -55,7 +59,11 @@ def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple],
                            text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {f"{mode}": f"took longer than {timeout:.0f} s"}
-    last = (p.stdout.strip().splitlines() or [""])[-1]
+    lines = p.stdout.strip().splitlines() or [""]
+    last = lines[-1]
+    for ln in lines[:-1]:  # what the child said on the way (bytes fetched per host)
+        if say is not None:
+            say(ln)
     try:
         return json.loads(last)
     except ValueError:
@@ -66,6 +74,84 @@ def _child(mode: str, hosts: dict[str, str], datasets_: dict[str, tuple],
 def check_offline(hosts: dict[str, str], datasets_: dict[str, tuple]) -> dict[str, str]:
     """What does not load offline: ``{"host NAME" | "dataset NAME": reason}`` (empty: all load)."""
     return _child("check", hosts, datasets_, offline=True, timeout=CHECK_TIMEOUT_S)
+
+
+# weight files by format, in the order a load prefers them (transformers: safetensors first)
+_WEIGHTS = (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+_TOKENIZER = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+              "tokenizer.model", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json")
+_CONFIGS = ("config.json", "generation_config.json")
+
+
+def weight_files(files: list[str], read_index=None) -> list[str]:
+    """The weight files a load reads, of the repo files ``files`` (top level only): an index and the shards it
+    names (``read_index(name)`` -> the index's JSON; without it, every ``*-of-*`` shard of the format), else the
+    single file, safetensors first; a repo with neither layout: its top-level ``*.safetensors``, else ``*.bin``."""
+    top = [f for f in files if "/" not in f]
+    for index, single in _WEIGHTS:
+        if index in top:
+            if read_index is not None:
+                shards = sorted(set(read_index(index).get("weight_map", {}).values()))
+            else:
+                stem, ext = single.rsplit(".", 1)
+                shards = [f for f in top if f.startswith(stem + "-") and f.endswith("." + ext) and "-of-" in f]
+            return [index, *shards]
+        if single in top:
+            return [single]
+    for ext in (".safetensors", ".bin"):
+        if got := sorted(f for f in top if f.endswith(ext)):
+            return got
+    return []
+
+
+def files_to_fetch(files: list[str], read_index=None) -> list[str]:
+    """What loading a host needs of the repo files ``files``: its weights in one format (:func:`weight_files`),
+    its configs and its tokenizer files -- not the other formats' weights (``tf_model.h5``, ``flax_model.msgpack``,
+    ``*.onnx``), nor ``original/`` checkpoints, nor docs and images."""
+    top = {f for f in files if "/" not in f}
+    return sorted(set(weight_files(files, read_index)) | (top & set(_CONFIGS + _TOKENIZER)))
+
+
+def _read_tensor(path: Path) -> None:
+    """Open a weight file and read one tensor from it (the first one): a truncated, empty or foreign file raises."""
+    if path.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            if not keys:
+                raise ValueError(f"{path.name} holds no tensor")
+            f.get_tensor(keys[0])
+        return
+    import torch
+
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if not state:
+        raise ValueError(f"{path.name} holds no tensor")
+    next(iter(state.values())).clone()
+
+
+def check_weights(folder: Path) -> int:
+    """Every weight file a load of ``folder`` reads is there and yields a tensor (one tensor a file, not a full
+    load); returns their bytes.  Raises FileNotFoundError / ValueError (a safetensors or torch error) naming
+    the file."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    want = weight_files(files, lambda name: json.loads((folder / name).read_text()))
+    if not want:
+        raise FileNotFoundError(f"no weights (*.safetensors, *.bin) in the cached snapshot {folder}")
+    total = 0
+    for name in want:
+        path = folder / name
+        if not path.exists():
+            raise FileNotFoundError(f"weight file {name} (named by the index) is missing from the cached snapshot "
+                                    f"{folder}")
+        if not name.endswith(".json"):
+            try:
+                _read_tensor(path)
+            except Exception as e:  # noqa: BLE001 - the library's reason, with the file's name
+                raise ValueError(f"weight file {name} does not read: {_first_line(e)}") from None
+        total += path.stat().st_size
+    return total
 
 
 def _load_offline(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[str, str]:
@@ -79,8 +165,7 @@ def _load_offline(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[str
             try:
                 AutoConfig.from_pretrained(repo)
                 folder = Path(snapshot_download(repo, local_files_only=True))
-                if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-                    raise FileNotFoundError(f"no weights (*.safetensors, *.bin) in the cached snapshot {folder}")
+                check_weights(folder)
                 AutoTokenizer.from_pretrained(repo)
             except Exception as e:  # noqa: BLE001 - any failure is a reason to report
                 failed[f"host {name}"] = _first_line(e)
@@ -112,13 +197,26 @@ def _download_here(hosts: dict[str, str], datasets_: dict[str, list]) -> dict[st
     failed: dict[str, str] = {}
     for name, repo in hosts.items():
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-            snapshot_download(repo)
+            info = HfApi().model_info(repo, files_metadata=True)
+            size = {s.rfilename: s.size or 0 for s in info.siblings or []}
+            want = files_to_fetch(list(size), lambda index: json.loads(Path(hf_hub_download(repo, index)).read_text()))
+            if not weight_files(want):
+                raise FileNotFoundError(f"the repo has no weights a load reads (*.safetensors, *.bin) among "
+                                        f"{len(size)} files")
+            snapshot_download(repo, allow_patterns=want)
+            got = sum(size.get(f, 0) for f in want)
+            print(f"host {name} ({repo}): {len(want)} files, {_gb(got)} of the repo's {_gb(sum(size.values()))} "
+                  f"({', '.join(f for f in weight_files(want) if not f.endswith('.json'))})", flush=True)
         except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated, disk full, ...
             failed[f"host {name}"] = _first_line(e)
     failed.update(_load_datasets(datasets_))
     return failed
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def fetch(spec, source: str, download: bool = True, say=print, command: str = "sweep") -> dict[str, list[str]]:
@@ -145,7 +243,7 @@ def fetch(spec, source: str, download: bool = True, say=print, command: str = "s
             say(f"fetching host {k} ({v}) into {cache_dir()}")
         for k, (v, splits, *_) in todo_d.items():
             say(f"fetching dataset {k} ({v}, split {', '.join(splits)})")
-        why = _child("download", todo_h, todo_d, offline=False, timeout=None)
+        why = _child("download", todo_h, todo_d, offline=False, timeout=None, say=say)
         missing = check_offline(todo_h, todo_d) if len(why) < len(todo_h) + len(todo_d) else {}
         missing = {**{k: v for k, v in missing.items() if k not in why}, **why}
         fetched = True

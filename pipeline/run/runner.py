@@ -199,13 +199,38 @@ def prepare(cfg: dict, task: Task, model, module_folder=None) -> tuple[torch.nn.
     return model, checks
 
 
+def peak_reserved_mb(dev=None) -> float | None:
+    """This run's peak of GPU memory the caching allocator reserved (allocated + cached blocks, fragmentation
+    included: what runs a GPU out of memory, what ``nvidia-smi`` shows; reset with the allocated peak by
+    ``train.run_settings``); None on CPU."""
+    if (dev is None or dev.kind == "cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_reserved() / 2**20
+    return None
+
+
+def cpu_binding() -> dict:
+    """The CPUs this process may run on (``os.sched_getaffinity``: what Slurm's task binding left it) and the
+    threads torch uses: a shard's ``cpus_bound`` / ``torch_threads``."""
+    bound = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus_bound": bound, "torch_threads": torch.get_num_threads()}
+
+
 def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: False, on_step=None) -> dict:
     """Run one planned run, write its predictions and then its shard; returns the shard row.
 
     What each stage-2 condition loads is declared in ``pipeline/conditions.py``
     and done by ``prepare``.
     """
-    from .train import Checkpoint, accelerator, evaluate, peak_memory_mb, run_settings, set_frozen_dtype, set_gradient_checkpointing, train
+    from .train import (
+        Checkpoint,
+        accelerator,
+        evaluate,
+        peak_memory_mb,
+        run_settings,
+        set_frozen_dtype,
+        set_gradient_checkpointing,
+        train,
+    )
 
     cfg = json.loads(row["config_json"])
     settings = json.loads(row.get("settings_json") or "{}")
@@ -256,7 +281,9 @@ def execute(row: dict, sweep: Sweep, hosts: HostCache, stop_requested=lambda: Fa
     result.update({"lr": lr, "head_lr": training.head_lr, "pooling": task.pooling if task.kind in T.ENCODER_KINDS else None,
                    "train_examples": len(train_split), "train_pos_rate": ones / len(train_split),
                    "load_time_s": load_s, "total_time_s": time.perf_counter() - t_start, "peak_mem_mb": peak_memory_mb(dev),
-                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+                   "peak_reserved_mb": peak_reserved_mb(dev),
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   **cpu_binding()})
     result.update(shards.provenance())
     result.update(dev.record())
     shards.write_predictions(sweep.preds(row["run_id"]), row["run_id"], eval_split.labels, per_example)
