@@ -13,7 +13,7 @@ SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean
+        bench bench-smoke bench-compare gpu-check mutate lint slurm-up slurm-down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -100,6 +100,13 @@ bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch p
 
 bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run --smoke
+
+REF    ?=
+ONLY   ?= train pack overhead
+ROUNDS ?= 3
+bench-compare: $(STAMP) ## REF=<commit>: ONLY's benchmarks on REF and HEAD, alternating fresh processes (ROUNDS each), each figure's change with its range
+	@test -n "$(REF)" || { echo "usage: make bench-compare REF=<commit> [ONLY='train pack overhead'] [ROUNDS=3]" >&2; exit 2; }
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.compare $(REF) --only $(ONLY) --rounds $(ROUNDS)
 
 gpu-check: $(STAMP) ## for a GPU node: MiniLM, T5-v1.1-base and 0.5B Qwen2 shapes x 4 techniques in bf16: samples/s vs Trainer, peak memory, MFU, ported dtypes (exit 2 without CUDA)
 	$(BIN)/python -m benches.gpu_check $(GPUCHECK)

@@ -1,12 +1,12 @@
 """Same-machine comparison of two commits: ``make bench-compare REF=<commit>`` (``python -m benches.compare``).
 
-    python -m benches.compare REF [--against HEAD] [--only train pack overhead] [--rounds 3]
+    python -m benches.compare REF [--against HEAD] [--only train pack overhead] [--rounds 3] [--repeats 1]
 
 Each commit is checked out (detached) into a temporary git worktree that shares this checkout's built
 hosts (``models/``) and runs under this checkout's Python environment.  For every round and every chosen
-benchmark one fresh process per commit runs ``benches/bench_<name>.py`` *of that commit* once (one repeat)
-against *that commit's* ``pipeline`` (the child checks which ``pipeline`` it imported); the two processes
-alternate, and which goes first alternates by round, so both commits see the same load.  A benchmark
+benchmark one fresh process per commit runs ``benches/bench_<name>.py`` *of that commit* (one repeat by
+default: ``--repeats``) against *that commit's* ``pipeline`` (the child checks which ``pipeline`` it
+imported); the two processes alternate, and which goes first alternates by round, so both commits see the same load.  A benchmark
 whose file differs between the two commits is flagged: its figures may not measure the same thing.
 
 Printed per figure: each commit's headline (the figure's ratio to its baseline, or its value where it has
@@ -41,12 +41,12 @@ import dataclasses, importlib, json, os, sys, tempfile, warnings
 from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 warnings.filterwarnings("ignore")
-tree, name, out, smoke = Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+tree, name, out, smoke, reps = Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 import pipeline, benches.common as C
 for m in (pipeline, C):
     if not Path(m.__file__).resolve().is_relative_to(tree):
         raise SystemExit(f"compare: imported {m.__name__} from {m.__file__}, not from {tree}")
-sizes = dataclasses.replace(C.SMOKE if smoke else C.FULL, repeats=1)
+sizes = dataclasses.replace(C.SMOKE if smoke else C.FULL, repeats=reps)
 bench = importlib.import_module(f"benches.bench_{name}")
 with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
     figs = bench.run(sizes, Path(tmp), log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -91,12 +91,12 @@ class Tree:
     def short(self) -> str:
         return self.commit[:12] + ("+worktree" if self.commit.endswith("+worktree") else "")
 
-    def run(self, bench: str, out: Path, smoke: bool, log) -> list[dict]:
+    def run(self, bench: str, out: Path, smoke: bool, repeats: int, log) -> list[dict]:
         env = child_env()
         env["PYTHONPATH"] = os.pathsep.join([str(self.path), *([os.environ["PYTHONPATH"]]
                                                                if os.environ.get("PYTHONPATH") else [])])
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", CHILD, str(self.path), bench, str(out), "1" if smoke else "0"],
+        p = subprocess.run([sys.executable, "-c", CHILD, str(self.path), bench, str(out), "1" if smoke else "0", str(repeats)],
                            cwd=self.path, env=env, capture_output=True, text=True)
         if p.returncode != 0:
             tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-12:])
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=BENCHES, default=list(DEFAULT), help="benchmarks to run "
                    f"(default: {' '.join(DEFAULT)})")
     p.add_argument("--rounds", type=int, default=3, help="processes per commit and benchmark (default 3)")
+    p.add_argument("--repeats", type=int, default=1, help="the benchmark's own repeats inside each process (default "
+                   "1: its first contender order only, the same for both commits)")
     p.add_argument("--smoke", action="store_true", help="toy sizes: checks that the comparison runs; judges nothing")
     p.add_argument("--json", help="also write the per-round figures and the summary to this file")
     a = p.parse_args(argv)
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare(a) -> int:
-    if a.rounds < 1:
-        raise CompareError(f"--rounds must be at least 1, got {a.rounds}")
+    if a.rounds < 1 or a.repeats < 1:
+        raise CompareError(f"--rounds and --repeats must be at least 1, got {a.rounds} and {a.repeats}")
     git("rev-parse", "--git-dir")
     ref_rev, new_rev = resolve(a.ref), a.against if a.against == "." else resolve(a.against)
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -204,7 +206,7 @@ def compare(a) -> int:
             got: dict[str, dict] = {"ref": {}, "new": {}}
             for b in a.only:
                 for side in (("ref", "new") if r % 2 == 0 else ("new", "ref")):
-                    figs = trees[side].run(b, work / f"{side}-{b}-{r}.json", a.smoke, log)
+                    figs = trees[side].run(b, work / f"{side}-{b}-{r}.json", a.smoke, a.repeats, log)
                     got[side].update({f["key"]: f for f in figs})
             rounds.append(got)
         end = load_avg()
