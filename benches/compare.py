@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,10 +97,17 @@ class Tree:
         env["PYTHONPATH"] = os.pathsep.join([str(self.path), *([os.environ["PYTHONPATH"]]
                                                                if os.environ.get("PYTHONPATH") else [])])
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", CHILD, str(self.path), bench, str(out), "1" if smoke else "0", str(repeats)],
-                           cwd=self.path, env=env, capture_output=True, text=True)
+        p = subprocess.Popen([sys.executable, "-c", CHILD, str(self.path), bench, str(out), "1" if smoke else "0",
+                              str(repeats)], cwd=self.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        try:
+            stdout, stderr = p.communicate()
+        finally:  # interrupted (Ctrl-C, SIGTERM): the benchmark process goes too
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         if p.returncode != 0:
-            tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-12:])
+            tail = "\n".join((stderr or stdout).strip().splitlines()[-12:])
             raise CompareError(f"bench {bench} at {self.short} failed ({p.returncode}):\n{tail}")
         log(f"  {bench:9s} {self.label} {self.short}: {time.perf_counter() - t0:.0f} s")
         return json.loads(out.read_text())
@@ -186,6 +194,7 @@ def compare(a) -> int:
     if a.rounds < 1 or a.repeats < 1:
         raise CompareError(f"--rounds and --repeats must be at least 1, got {a.rounds} and {a.repeats}")
     git("rev-parse", "--git-dir")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM cleans up like Ctrl-C (worktrees removed)
     ref_rev, new_rev = resolve(a.ref), a.against if a.against == "." else resolve(a.against)
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -209,6 +218,9 @@ def compare(a) -> int:
                     figs = trees[side].run(b, work / f"{side}-{b}-{r}.json", a.smoke, a.repeats, log)
                     got[side].update({f["key"]: f for f in figs})
             rounds.append(got)
+            if a.json:  # after every round: an interrupted comparison keeps what it measured
+                Path(a.json).write_text(json.dumps({"ref": trees["ref"].commit, "new": trees["new"].commit,
+                                                    "load": [start, load_avg()], "rounds": rounds}, indent=1))
         end = load_avg()
         rows = summarise(rounds, "ref", "new")
         print()
