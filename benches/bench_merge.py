@@ -146,12 +146,18 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
                 f"full merge of {large:,}", m_t, [a / b * 100 for a, b in zip(r_t, m_t, strict=True)], "%",
                 "re-merge ÷ full merge seconds, lower is better", how=how4).judge("<", 5)
     ceiling = [p / f for p, f in zip(p_t, f_t, strict=True)]
-    f1.note = (f"Target ≥ 5x retired (issue 29): both sides open and parse every one of the {large:,} files; the "
-               f"naive script pays ~{med(p_t) / large * 1000:.1f} ms a file, merge ~{med(m_t) / large * 1000:.1f} ms, and "
-               f"merely reading each file with pyarrow (figure 4e, the floor) ~{med(f_t) / large * 1000:.1f} ms here. "
-               f"No tool that reads the shards can beat pandas by more than pandas ÷ floor = {fmt(ceiling, 'x')} on "
-               f"this machine, so a 5x target measures the naive loop's speed, not merge's. The target merge answers "
-               f"to is its distance from the floor (4e).")
+    per_file = (f"both sides open and parse every one of the {large:,} files; the naive script pays "
+                f"~{med(p_t) / large * 1000:.1f} ms a file, merge ~{med(m_t) / large * 1000:.1f} ms, and merely reading "
+                f"each file with pyarrow (figure 4e, the floor) ~{med(f_t) / large * 1000:.1f} ms here")
+    if med(ceiling) < 5:  # no reader of separate files could reach 5x pandas here: the target is retired
+        f1.note = (f"Target ≥ 5x retired (issue 29): {per_file}. No tool that reads the shards can beat pandas by "
+                   f"more than pandas ÷ floor = {fmt(ceiling, 'x')} on this machine, so a 5x target measures the "
+                   f"naive loop's speed, not merge's; merge answers to its distance from the floor (4e).")
+    else:
+        f1.judge(">=", 5)
+        f1.note = (f"{'met' if f1.ok else 'missed'}: {med(f1.ratio):.1f}x vs ≥ 5x. {per_file}: the floor allows up "
+                   f"to pandas ÷ floor = {fmt(ceiling, 'x')}, so the target stays; what separates merge from the floor "
+                   f"(4e) is merge's own per-file work, not reading.")
     f5.note = (f"merge does the floor's reads plus the schema cast, the dataset append and results.parquet: "
                f"{med(f5.ratio):.2f}x the floor's time ({fmt(f5.ratio, 'x')} over the repeats).")
     if not f2.ok:
