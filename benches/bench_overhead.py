@@ -13,7 +13,6 @@ the sweep's default TensorBoard tracking on:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -36,19 +35,51 @@ def spec_dict(sizes: Sizes, out: Path, steps: int) -> dict:
     }
 
 
-def bare_steps(env, steps: int) -> float:
-    """Samples/s of bench 1's bare torch loop over all ``steps`` of the run's batches (seed 0, as the run)."""
+def bare_steps(env, steps: int, row: dict | None = None) -> float:
+    """Samples/s of bench 1's bare torch loop over all ``steps`` of the run's batches (seed 0, as the run).
+
+    With the run's planned ``row``: the run's own initialised model (``runner.prepare``, seeded as the run),
+    so the loop computes what the run computes -- head-free, the label texts' rows too."""
+    import json
+
+    import torch
+
+    from pipeline.run import runner
+
     from .bench_train import bare_loop
 
-    t0, marks = bare_loop(env, steps)
+    model = None
+    if row is not None:
+        cfg = json.loads(row["config_json"])
+        torch.manual_seed(cfg["seed"])
+        model, _ = runner.prepare(cfg, env.task, env.hosts.model(cfg["host"]["model"], env.task))
+    t0, marks = bare_loop(env, steps, model)
     return steps * env.sizes.batch / (marks[-1] - t0)
+
+
+def run_split(row: dict):
+    import json
+
+    from pipeline.run import data, runner
+
+    return data.splits(runner.dataset_of(row, json.loads(row["config_json"])))[0]
+
+
+def run_task(env, row: dict):
+    """The origin run's own Task (its formulation, pooling, class bias), as runner.execute makes it."""
+    import json
+
+    from pipeline.run import runner
+
+    cfg = json.loads(row["config_json"])
+    host = cfg["host"]["model"]
+    return runner.make_task(cfg, runner.dataset_of(row, cfg), env.hosts.tokenizer(host), env.cfg, env.hosts.path(host))
 
 
 def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     import yaml
 
     from pipeline import plan as planmod
-    from pipeline.hosts import default_pooling, resolve_host
     from pipeline.run import runner
     from pipeline.spec import load
     from pipeline.sweep import Sweep
@@ -65,8 +96,9 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     origin, = plan.stage1
     zero = list(plan.stage2)
     rows = sweep.plan_rows
-    env = setup(sizes, tmp)  # the bare loop's host cache, data and task (bench 1's)
-    env.task = dataclasses.replace(env.task, pooling=default_pooling(resolve_host(sizes.host, ROOT / "models")))
+    env = setup(sizes, tmp)  # the bare loop's host cache and data (bench 1's) ...
+    env.task = run_task(env, rows[origin.run_id])  # ... and the origin run's task: head-free by default
+    env.train = run_split(rows[origin.run_id])  # and its training split (the same batches)
     hosts = runner.HostCache(ROOT / "models")
     runner.quiet()
 
@@ -78,12 +110,12 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
     # warm-up (not timed): each host loaded once, as the first run of a pack does
     runner.execute(rows[origin.run_id], sweep, hosts)
     runner.execute(rows[zero[0].run_id], sweep, hosts)
-    bare_steps(env, 2)
+    bare_steps(env, 2, rows[origin.run_id])
     pack_sps, bare_sps, zs_rpm, eval_rpm, parts = [], [], [], [], []
     for r in range(sizes.repeats):
         for what in (("pack", "bare") if r % 2 == 0 else ("bare", "pack")):
             if what == "bare":
-                bare_sps.append(bare_steps(env, steps))
+                bare_sps.append(bare_steps(env, steps, rows[origin.run_id]))
                 continue
             runner.execute(rows[origin.run_id], sweep, hosts)
             s = shard(origin.run_id)
@@ -110,8 +142,10 @@ def run(sizes: Sizes, tmp: Path, log=print) -> list[Figure]:
                 "bare ÷ packed samples/s − 1: extra time a sample, lower is better",
                 how=(f"{what}; the packed run's time is everything but its evaluation (median: host copy + attach "
                      f"{load_s:.2f} s, training steps {train_s:.2f} s, module export + tracker + shard {rest_s:.2f} s); "
-                     f"bare loop: AdamW, no scheduler, no clipping; {plural(sizes.repeats, 'repeat')}, order "
-                     f"alternated")).judge("<=", 10)
+                     f"bare loop: AdamW, no scheduler, no clipping, over the run's own initialised model and the task's "
+                     f"own forward and loss ({env.task.kind}"
+                     f"{': the label texts encoded as extra rows of every batch, as in the run' if env.task.kind == 'similarity' else ''}"
+                     f"); {plural(sizes.repeats, 'repeat')}, order alternated")).judge("<=", 10)
     f2 = Figure("2d", f"zero-shot pack of {len(zero)} runs vs its evaluations alone", "runs/min", zs_rpm,
                 "zero-shot pack (ported, scratch, sampled)", "the same evaluations alone (Σ eval_time_s)", eval_rpm,
                 overhead_pct(eval_rpm, zs_rpm), "%", "evaluation-only ÷ pack runs/min − 1: extra time a run, lower is "

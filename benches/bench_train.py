@@ -127,14 +127,17 @@ def tracking_overhead(tracked: list[float], plain: list[float], env: Env) -> flo
     return (statistics.median(r) - 1) * 100
 
 
-def bare_loop(env: Env, steps: int) -> tuple[float, list[float]]:
+def bare_loop(env: Env, steps: int, model=None) -> tuple[float, list[float]]:
     """``steps`` of the pipeline's batches (pipeline.run.train.batches + Task.collate, seed 0) through a minimal
-    torch loop; (start time, per-step end times)."""
+    torch loop; (start time, per-step end times).  The forward pass and loss are the task's own
+    (``Task.loss``: for a trained head the model's own loss; head-free, the label texts' rows in the same
+    forward pass and the cosine scores), so the loop around them is all that differs from the pipeline's.
+    ``model``: the run's initialised model (default: bench 1's, ``fresh_model``)."""
     import torch
 
     from pipeline.run.train import batches
 
-    model = fresh_model(env)
+    model = fresh_model(env) if model is None else model
     ids = env.task.encode(env.train.texts)
     labels = env.train.labels
     lengths = [len(x) for x in ids]
@@ -147,7 +150,7 @@ def bare_loop(env: Env, steps: int) -> tuple[float, list[float]]:
     t0, marks = time.perf_counter(), []
     for b in seq[:steps]:
         batch = env.task.collate([ids[i] for i in b], [labels[i] for i in b])
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["class_ids"]).loss
+        loss = env.task.loss(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -5,6 +5,8 @@
     python benches/child.py remerge SWEEP_DIR EXTRA_DIR          link EXTRA_DIR's shards in, merge again (timed),
                                                                  unlink them
     python benches/child.py pandas SWEEP_DIR OUT                 naive: pandas.read_parquet per shard + concat
+    python benches/child.py floor SWEEP_DIR                      the floor: pyarrow reads every shard whole (merge's
+                                                                 THREADS in flight), nothing else
 
 Prints one JSON line: seconds of the work itself, peak RSS before and after it.
 
@@ -69,6 +71,22 @@ def main(argv: list[str]) -> None:
         out.update(rows=res.rows, read=res.read, seconds=time.perf_counter() - t0)
         for f in extra:
             (root / "shards" / f.name).unlink()
+    elif what == "floor":
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pyarrow.parquet as pq
+
+        from pipeline.results.merge import THREADS
+
+        before = rss_mb()
+        t0 = time.perf_counter()
+        files = sorted((root / "shards").glob("*.parquet"))
+        def read(f):  # the cheapest whole-file read in pyarrow (read_table adds a dataset start-up per file)
+            with open(f, "rb") as fh:
+                return pq.ParquetFile(fh).read()
+
+        with ThreadPoolExecutor(THREADS) as pool:  # as merge reads them: THREADS files in flight
+            out["rows"] = sum(t.num_rows for t in pool.map(read, files))
     elif what == "pandas":
         import pandas as pd
 

@@ -227,12 +227,21 @@ def machine() -> dict[str, str]:
         out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only (no CUDA device)"
     except ImportError:  # pragma: no cover
         pass
-    try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=5).stdout.strip() or "-"
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = "-"
+    out["git"] = git_line()
     return out
+
+
+def git_line() -> str:
+    """The commit measured (12 hex digits), marked when the measured code had uncommitted changes (the
+    figures then describe no commit: tests/test_bench_fresh.py refuses such a line)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "benches"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+    return f"{head} + uncommitted changes" if head and dirty else head or "-"
 
 
 def _os_name() -> str:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("1a", "1b", "1c", "1ea", "1eb", "1ec", "2a", "2b", "3a", "3b", "4a", "4b", "4c", "5a", "5b", "7a", "7b", "7c", "7d",
+FIGURES = ("1a", "1b", "1c", "1ea", "1eb", "1ec", "2a", "2b", "3a", "3b", "4a", "4b", "4c", "4e", "5a", "5b", "7a", "7b", "7c", "7d",
            "7e", "7f")
 
 

@@ -17,6 +17,7 @@ speed.  The device and precision a run uses are resolved once from the plan and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import os
@@ -24,6 +25,7 @@ import random
 import resource
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,13 +145,11 @@ def reset_accelerate() -> None:
 def accelerator(dev: Device | str, trackers=()):
     """A fresh Accelerator for one run on ``dev`` (accelerate's state from an earlier run is reset first);
     a precision name instead of a Device: resolved here, as for a plan without a device (benches, tests)."""
-    from accelerate import Accelerator
-
     if isinstance(dev, str):
         dev = resolve_device(None, dev)
     reset_accelerate()
-    return Accelerator(cpu=dev.kind == "cpu", mixed_precision="no" if dev.precision == "fp32" else dev.precision,
-                       log_with=list(trackers) or None)
+    return _accelerator_class()(cpu=dev.kind == "cpu", log_with=list(trackers) or None,
+                                mixed_precision="no" if dev.precision == "fp32" else dev.precision)
 
 
 def set_frozen_dtype(model, frozen_dtype: str) -> None:
@@ -173,13 +173,47 @@ def set_gradient_checkpointing(model, on: bool) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+_prepared: list[weakref.ref] = []  # what accelerators prepared since the last release() (models, optimizers)
+
+
+def _watch(objs) -> None:
+    _prepared[:] = [r for r in _prepared if r() is not None]  # a process that never releases stays small
+    for o in objs:
+        try:
+            _prepared.append(weakref.ref(o))
+        except TypeError:  # not weak-referenceable (a dataloader's plain list ...): nothing a cycle keeps
+            pass
+
+
+@functools.cache
+def _accelerator_class():
+    from accelerate import Accelerator
+
+    class WatchedAccelerator(Accelerator):
+        """accelerate's Accelerator; what it prepares is watched (weakly) so ``release`` can tell whether a
+        run's objects outlived it."""
+
+        def prepare(self, *args, **kwargs):
+            out = super().prepare(*args, **kwargs)
+            _watch((*args, *(out if isinstance(out, tuple) else (out,))))
+            return out
+
+    return WatchedAccelerator
+
+
 def release() -> None:
-    """Free what a finished (or failed) run held before the next run of a pack starts: under bf16,
-    accelerate leaves a reference cycle (``model._original_forward``) that keeps a run's model, optimizer
-    and gradients alive until the cycle collector happens to run -- on T5-large 3 GB a run.  Collects it,
-    hands cached CUDA blocks back, and resets accelerate's state."""
+    """Free what a finished (or failed) run held before the next run of a pack starts, and reset
+    accelerate's state.  Under bf16, accelerate leaves a reference cycle (``model._original_forward``)
+    that keeps a run's model, optimizer and gradients alive until the cycle collector happens to run --
+    on T5-large 3 GB a run.  A full collection costs ~0.4 s with torch and transformers loaded (about a
+    tiny run's whole work), so it runs only where it pays: when something an accelerator prepared for the
+    run is still alive once the run's references are gone (a cycle kept it; an fp32 run on CPU frees
+    everything by reference counting).  Cached CUDA blocks are handed back on a GPU."""
     reset_accelerate()
-    gc.collect()
+    survivors = any(r() is not None for r in _prepared)
+    _prepared.clear()
+    if survivors:
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
