@@ -18,7 +18,7 @@ of ``pipeline/run/``, add it to its list.
 from __future__ import annotations
 
 # the origin run's path: host copy, technique attach, data, the loop, evaluation, tracking
-_LOOP = ("pipeline/run/train.py", "pipeline/run/tasks.py", "pipeline/run/pooling.py", "pipeline/run/techniques/",
+_LOOP = ("pipeline/run/train.py", "pipeline/run/memory.py", "pipeline/run/tasks.py", "pipeline/run/pooling.py", "pipeline/run/techniques/",
          "pipeline/run/data.py", "pipeline/run/tracking.py")
 # a whole run as runner.execute does it: + the runner itself, module export and porting, the shard
 _RUN = (*_LOOP, "pipeline/run/runner.py", "pipeline/run/port.py", "pipeline/run/export.py",

@@ -17,15 +17,12 @@ speed.  The device and precision a run uses are resolved once from the plan and 
 from __future__ import annotations
 
 import contextlib
-import functools
-import gc
 import math
 import os
 import random
 import resource
 import sys
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import torch
 from ..files import atomic_path
 from ..spec import Training
 from ..techniques.base import CLASSIFICATION
+from .memory import accelerator_class, release, reset_accelerate  # noqa: F401  (release: job, benches)
 from .tasks import Task
 from .tracking import log_step
 
@@ -133,23 +131,14 @@ def deterministic() -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def reset_accelerate() -> None:
-    """Forget accelerate's process-wide state (its singletons refuse a second Accelerator with another
-    precision in the same process: ``pipeline run --debug``, packs, tests)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def accelerator(dev: Device | str, trackers=()):
     """A fresh Accelerator for one run on ``dev`` (accelerate's state from an earlier run is reset first);
     a precision name instead of a Device: resolved here, as for a plan without a device (benches, tests)."""
     if isinstance(dev, str):
         dev = resolve_device(None, dev)
     reset_accelerate()
-    return _accelerator_class()(cpu=dev.kind == "cpu", log_with=list(trackers) or None,
-                                mixed_precision="no" if dev.precision == "fp32" else dev.precision)
+    return accelerator_class()(cpu=dev.kind == "cpu", log_with=list(trackers) or None,
+                               mixed_precision="no" if dev.precision == "fp32" else dev.precision)
 
 
 def set_frozen_dtype(model, frozen_dtype: str) -> None:
@@ -171,51 +160,6 @@ def set_gradient_checkpointing(model, on: bool) -> None:
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing")
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-_prepared: list[weakref.ref] = []  # what accelerators prepared since the last release() (models, optimizers)
-
-
-def _watch(objs) -> None:
-    _prepared[:] = [r for r in _prepared if r() is not None]  # a process that never releases stays small
-    for o in objs:
-        try:
-            _prepared.append(weakref.ref(o))
-        except TypeError:  # not weak-referenceable (a dataloader's plain list ...): nothing a cycle keeps
-            pass
-
-
-@functools.cache
-def _accelerator_class():
-    from accelerate import Accelerator
-
-    class WatchedAccelerator(Accelerator):
-        """accelerate's Accelerator; what it prepares is watched (weakly) so ``release`` can tell whether a
-        run's objects outlived it."""
-
-        def prepare(self, *args, **kwargs):
-            out = super().prepare(*args, **kwargs)
-            _watch((*args, *(out if isinstance(out, tuple) else (out,))))
-            return out
-
-    return WatchedAccelerator
-
-
-def release() -> None:
-    """Free what a finished (or failed) run held before the next run of a pack starts, and reset
-    accelerate's state.  Under bf16, accelerate leaves a reference cycle (``model._original_forward``)
-    that keeps a run's model, optimizer and gradients alive until the cycle collector happens to run --
-    on T5-large 3 GB a run.  A full collection costs ~0.4 s with torch and transformers loaded (about a
-    tiny run's whole work), so it runs only where it pays: when something an accelerator prepared for the
-    run is still alive once the run's references are gone (a cycle kept it; an fp32 run on CPU frees
-    everything by reference counting).  Cached CUDA blocks are handed back on a GPU."""
-    reset_accelerate()
-    survivors = any(r() is not None for r in _prepared)
-    _prepared.clear()
-    if survivors:
-        gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def to_device(batch: dict, device, task: Task) -> dict:
