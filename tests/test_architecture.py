@@ -21,10 +21,7 @@ PKG = ROOT / "pipeline"
 HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "safetensors.torch", "tokenizers")
 MAX_LINES = 400
 # modules allowed over MAX_LINES without a reason in their docstring: none
-# pipeline.run.train: 431 lines since release() watches what accelerators prepare (issue 29); the move of that
-# code into pipeline/run/memory.py is on branch bench-memory-split, to be merged with the next `make bench`
-# (BENCHMARKS.md measured train.py as it is here).  Remove the entry then.
-TOO_LONG_OK: set[str] = {"pipeline.run.train"}
+TOO_LONG_OK: set[str] = set()
 
 
 def modules() -> dict[str, Path]:
