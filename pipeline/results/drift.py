@@ -325,6 +325,10 @@ def fig_drift(table: pd.DataFrame, path: Path) -> Path | None:
         else:
             sub = sub.assign(_x=_x(sub, fam))
             bottom.set_xlabel("1 - linear CKA to the origin (mean-pooled)")
+            for host, x in sub.drop_duplicates("receiving_host")[["receiving_host", "_x"]].itertuples(index=False):
+                if host in set(sub.loc[sub["family"] == fam, "receiving_host"]):  # name the rungs (not the anchor)
+                    bottom.annotate(host, (x, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                                    color="#666", ha="right", va="bottom")
         line = "none" if fam == "coordinate" else "-"
         for i, tech in enumerate(techs):
             color = COLORS[i % len(COLORS)]
@@ -449,4 +453,5 @@ def drift_section(doc, table: pd.DataFrame, tests: pd.DataFrame, hosts: dict | N
               [[r.receiving_host, r.a, r.b, r.n_seeds, _f(r.loss_a), _f(r.loss_b),
                 f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if not np.isnan(r.ci_low) else f"{r.diff:+.3f} [—]",
                 "—" if r.no_variation else _p(r.p), "—" if r.no_variation else _p(r.p_holm),
-                f"{r.family}, {int(r.holm_family_size)} host(s)"] for r in tests.itertuples(index=False)])
+                f"{r.family}, {int(r.holm_family_size)} host(s)" if not np.isnan(r.p) else
+                "— (no variation)" if r.no_variation else "— (no interval)"] for r in tests.itertuples(index=False)])
