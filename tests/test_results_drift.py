@@ -188,7 +188,7 @@ def test_technique_tests_use_seeds_and_examples_and_find_the_technique_that_brea
     for s in (0, 1, 2):
         ids, o_a, p_a = np.arange(N), preds.by_run[f"s1-bottleneck-{s}"][1], preds.by_run[f"p-bottleneck-perm-{s}"][1]
         o_b, p_b = preds.by_run[f"s1-lora-{s}"][1], preds.by_run[f"p-lora-perm-{s}"][1]
-        units.append((("perm", "rt"), "rt", ids, o_a.astype(float) - p_a, o_b.astype(float) - p_b))
+        units.append((("perm", "rt"), s, "rt", ids, o_a.astype(float) - p_a, o_b.astype(float) - p_b))
     ref = two_level(units)
     assert (perm["diff"], perm["ci_low"], perm["ci_high"], perm["p"]) == pytest.approx(
         (ref["mean_diff"], ref["ci_low"], ref["ci_high"], ref["p"]))

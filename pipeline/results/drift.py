@@ -101,12 +101,6 @@ def _zero_shot(runs: pd.DataFrame) -> pd.DataFrame:
     return s2[s2["origin_accuracy"] > 0]
 
 
-def _two_level(units, level: float = 0.95, with_p: bool = True) -> dict:
-    """``intervals.two_level`` on ``(stratum, seed, examples, ids, a, b)`` units (the seed dropped here until
-    ``two_level`` takes it; the seed is already what tells the units of a stratum apart)."""
-    return intervals.two_level([(st, ex, ids, a, b) for st, _seed, ex, ids, a, b in units], level, with_p)
-
-
 def above_floor(units, level: float = 0.95) -> dict:
     """Retention above the floor, ``(ported - floor) / (origin - floor)``, with a Fieller-type 95 % interval.
 
@@ -121,8 +115,8 @@ def above_floor(units, level: float = 0.95) -> dict:
     normality and says so when the denominator is not distinguishable from 0 (the set is unbounded).  It is the
     test inversion ``{R0 : mean((ported - floor) - R0 (origin - floor)) = 0 is not rejected}``; the test here is
     the report's own two-level interval (``intervals.two_level``) of that linear contrast, so both sources of
-    chance count as in every other interval of the report: seeds (t on seeds - 1 degrees of freedom, per stratum)
-    and the eval examples all runs share (crossed).  With one number per run (``ids`` of length 1, no
+    chance count as in every other interval of the report: seeds (clustered on the seed across strata, t on
+    seeds - 1 degrees of freedom) and the eval examples all runs share (crossed).  With one number per run (``ids`` of length 1, no
     predictions) the example part vanishes and this is the classic Fieller interval on the per-seed values with
     t(seeds - 1).  The bounds are found by root search on each side of R (the acceptance set of a quadratic
     form: at most one bound per side).
@@ -148,7 +142,7 @@ def above_floor(units, level: float = 0.95) -> dict:
     out["above_floor"] = r
 
     def gap(r0: float) -> float:  # >= 0: r0 is inside the interval (half-width reaches the contrast's mean)
-        res = _two_level([(st, sd, ex, ids, (p - f) - r0 * (o - f), np.zeros(len(ids)))
+        res = intervals.two_level([(st, sd, ex, ids, (p - f) - r0 * (o - f), np.zeros(len(ids)))
                           for st, sd, ex, ids, p, f, o in units], level, with_p=False)
         out["seed_df"] = res["seed_df"]
         return (res["ci_high"] - res["ci_low"]) / 2 - abs(res["mean_diff"]) + 1e-12  # DECIMALS-level tolerance
@@ -275,7 +269,7 @@ def technique_tests(runs: pd.DataFrame, preds: stats.Predictions | None, hosts: 
                 ex, ia, ib = np.intersect1d(ea, eb, assume_unique=True, return_indices=True)
                 units.append(((recv, ds), sd, ds, ex, xa[ia], xb[ib]))
                 examples |= set(ex.tolist())
-            res = _two_level(units, level)
+            res = intervals.two_level(units, level)
             unit = UNIT_RUNS if examples == {-1} else UNIT_EXAMPLES
             rows.append([recv, fam, ds, a, b, f"{a} vs {b} under {fam} drift ({ds})", 0, res["n_units"],
                          len(examples) if unit == UNIT_EXAMPLES else 0, res["mean_a"], res["mean_b"],
