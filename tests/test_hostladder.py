@@ -173,7 +173,9 @@ def test_rtgenre_corpus_is_balanced_and_not_sentiment():
 
 
 def test_tweets_labelled_has_three_sentiments():
-    data = hostladder.tweets_labelled()
+    from pipeline.run.corpora import tweets_labelled
+
+    data = tweets_labelled()
     assert len(data) > 30_000 and {y for _, y in data} == {0, 1, 2}
 
 

@@ -8,16 +8,8 @@ import pytest
 
 from pipeline.results import stats
 from pipeline.results.document import Doc
-from pipeline.results.drift import (
-    UNIT_EXAMPLES,
-    UNIT_RUNS,
-    above_floor,
-    drift_section,
-    drift_table,
-    fig_drift,
-    host_ladder,
-    technique_tests,
-)
+from pipeline.results.drift import drift_section, drift_table, fig_drift, host_ladder, technique_tests
+from pipeline.results.floor import UNIT_EXAMPLES, UNIT_RUNS, above_floor
 
 N = 400
 TECHS = ("bottleneck", "lora")

