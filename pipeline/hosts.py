@@ -16,7 +16,9 @@ by a PyPI package or built locally into ``models_dir`` on first use:
   recipes and the measured distances and build times): natural drift
   ``all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>`` (N SimCSE steps at lr m e-k);
   task drift ``all-minilm-l6-v2-tweetsent-<N>`` (fully fine-tuned on the
-  tweets' 3-way sentiment) and ``all-minilm-l6-v2-mlm-<N>`` (masked-LM);
+  tweets' 3-way sentiment: toward the study's task), ``all-minilm-l6-v2-rtgenre-<N>``
+  (fully fine-tuned on Rotten Tomatoes plot synopsis vs review: away from it)
+  and ``all-minilm-l6-v2-mlm-<N>`` (masked-LM);
   coordinate drift ``all-minilm-l6-v2-perm-<kinds>-<fraction>``, kinds
   ``heads``, ``ffn``, ``resid`` joined by ``-`` in that order: the same
   function in permuted coordinates.
@@ -67,7 +69,8 @@ MINILM_TWEETS_STEPS = 30  # default N (chosen by measurement; see the module doc
 MINILM_SIMCSE = {"batch_size": 32, "max_len": 48, "lr": 5e-5, "temperature": 0.05}
 MINILM_TWEETS_RECIPE = "simcse-v1"  # in build_info.json; a folder built by another recipe is rebuilt
 # the receiving-host ladder (pipeline.run.hostladder): recipe names written to build_info.json
-LADDER_RECIPES = {"simcse": "simcse-v1", "tweetsent": "tweetsent-v1", "mlm": "mlm-v1", "perm": "perm-v1"}
+LADDER_RECIPES = {"simcse": "simcse-v1", "tweetsent": "tweetsent-v1", "rtgenre": "rtgenre-v1", "mlm": "mlm-v1",
+                  "perm": "perm-v1"}
 PERM_KINDS = ("heads", "ffn", "resid")  # canonical order in names
 # build_info.json's ``distance`` (pipeline.run.hostdist): 2 = the probe drawn from the study's training pool,
 # disjoint from its eval and dev splits.  A host measured by an older version is measured again on first use.
@@ -192,13 +195,16 @@ PARAMETERISED: tuple[tuple[re.Pattern, Callable], ...] = (
     (re.compile(r"all-minilm-l6-v2-tweetsent-" + _N), lambda m: _ladder(
         "tweetsent", f"fully fine-tuned for {m[1]} steps on the tweets' 3-way sentiment", "build_minilm_tweetsent",
         int(m[1]))),
+    (re.compile(r"all-minilm-l6-v2-rtgenre-" + _N), lambda m: _ladder(
+        "rtgenre", f"fully fine-tuned for {m[1]} steps on Rotten Tomatoes plot synopsis vs review (not sentiment)",
+        "build_minilm_rtgenre", int(m[1]))),
     (re.compile(r"all-minilm-l6-v2-mlm-" + _N), lambda m: _ladder(
         "mlm", f"+ {m[1]} steps of masked-LM on the tweets (fresh MLM head, pooler kept)", "build_minilm_mlm",
         int(m[1]))),
     (re.compile(rf"all-minilm-l6-v2-perm-((?:{_KINDS})(?:-(?:{_KINDS}))*)-{_FRAC}"), _perm_host),
 )
 PARAMETERISED_HELP = (f"{MINILM_TWEETS}-<N> (N SimCSE steps), all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>, "
-                      "all-minilm-l6-v2-tweetsent-<N>, all-minilm-l6-v2-mlm-<N>, "
+                      "all-minilm-l6-v2-tweetsent-<N>, all-minilm-l6-v2-rtgenre-<N>, all-minilm-l6-v2-mlm-<N>, "
                       "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>")
 
 

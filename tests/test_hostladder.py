@@ -28,6 +28,7 @@ CLASSIFIER = {"classifier.weight", "classifier.bias"}
 @pytest.mark.parametrize("name, recipe, words", [
     ("all-minilm-l6-v2-simcse-lr1e-3-60", "simcse", "lr 0.001"),
     ("all-minilm-l6-v2-tweetsent-150", "tweetsent", "150 steps"),
+    ("all-minilm-l6-v2-rtgenre-150", "rtgenre", "plot synopsis vs review"),
     ("all-minilm-l6-v2-mlm-120", "mlm", "120 steps"),
     ("all-minilm-l6-v2-perm-heads-1", "perm", "heads permuted (fraction 1"),
     ("all-minilm-l6-v2-perm-ffn-0.5", "perm", "ffn permuted (fraction 0.5"),
@@ -44,7 +45,7 @@ def test_ladder_names_resolve(name, recipe, words):
     "all-minilm-l6-v2-perm-heads-heads-1", "all-minilm-l6-v2-perm-heads-0.50", "all-minilm-l6-v2-perm-heads-1.0",
     "all-minilm-l6-v2-perm-heads-0", "all-minilm-l6-v2-perm-tails-1", "all-minilm-l6-v2-tweetsent-0",
     "all-minilm-l6-v2-tweetsent-030", "all-minilm-l6-v2-simcse-lr10e-3-60", "all-minilm-l6-v2-simcse-lr1e-3-0",
-    "all-minilm-l6-v2-mlm-",
+    "all-minilm-l6-v2-mlm-", "all-minilm-l6-v2-rtgenre-0",
 ])
 def test_non_canonical_ladder_names_are_errors(bad, tmp_path):
     assert bad not in EMBEDDED and EMBEDDED.get(bad) is None
@@ -144,20 +145,37 @@ def test_build_permuted_host(tmp_path):
     assert build["kinds"] == ["heads"] and build["fraction"] == 0.5 and build["mean_relative_weight_change"] > 0
 
 
-@pytest.mark.parametrize("builder, family, recipe", [
-    (hostladder.build_minilm_tweetsent, "task", "tweetsent"),
-    (hostladder.build_minilm_mlm, "task", "mlm"),
-    (lambda out, steps, **kw: hostladder.build_minilm_simcse(out, 1e-3, steps, **kw), "natural", "simcse"),
+@pytest.mark.parametrize("builder, family, recipe, direction", [
+    (hostladder.build_minilm_tweetsent, "task", "tweetsent", "toward"),
+    (hostladder.build_minilm_rtgenre, "task", "rtgenre", "away"),
+    (hostladder.build_minilm_mlm, "task", "mlm", "none"),
+    (lambda out, steps, **kw: hostladder.build_minilm_simcse(out, 1e-3, steps, **kw), "natural", "simcse", None),
 ])
-def test_trained_rungs_two_steps(tmp_path, builder, family, recipe):
+def test_trained_rungs_two_steps(tmp_path, builder, family, recipe, direction):
     out = builder(tmp_path / "h", 2, progress=False, measure=False)
     build, base, host = _check_derived(out, family, recipe)
+    assert build.get("task_direction") == direction
     assert build["steps"] == 2 and build["mean_relative_weight_change"] > 0
     assert any(not torch.equal(base[k], host[k]) for k in base if k.startswith("encoder."))
 
 
+def test_rtgenre_corpus_is_balanced_and_not_sentiment():
+    from pipeline.run.corpora import rotten_tomatoes_genre, rotten_tomatoes_labelled
+
+    data = rotten_tomatoes_genre()
+    plots, reviews = [t for t, y in data if y == 1], [t for t, y in data if y == 0]
+    assert len(plots) == len(reviews) > 1000 and len(set(plots) | set(reviews)) == len(data)
+    polarity = dict(rotten_tomatoes_labelled())
+    assert all(t in polarity for t in reviews) and not any(t in polarity for t in plots)
+    fresh = sum(polarity[t] for t in reviews) / len(reviews)
+    assert 0.45 < fresh < 0.7  # both polarities under one label, near the corpus's 0.58: the label is not polarity
+    assert data == rotten_tomatoes_genre.__wrapped__()  # deterministic
+
+
 def test_tweets_labelled_has_three_sentiments():
-    data = hostladder.tweets_labelled()
+    from pipeline.run.corpora import tweets_labelled
+
+    data = tweets_labelled()
     assert len(data) > 30_000 and {y for _, y in data} == {0, 1, 2}
 
 

@@ -190,6 +190,18 @@ def test_report_with_predictions_no_module_and_hosts(full_sweep, tmp_path):
               for rid in row["run_ids"].split(";")]
     assert row["retention_mean"] == pytest.approx(np.mean(ratios)) and row["retention_min"] == pytest.approx(min(ratios))
     assert "retention (no module)" in md
+    # above the bare host: the ratio of means over the matched (ported, no-module, origin) runs, per example
+    res_all = pd.read_parquet(root / "results.parquet")
+    nm = res_all[(res_all["condition"] == "no-module") & (res_all["technique"] == "lora") &
+                 (res_all["host_pair"] == "a->b") & (res_all["regime"] == 0)].set_index("seed")["accuracy"]
+    ported = res.loc[row["run_ids"].split(";")]
+    origin = res.loc[ported["origin_run"], "accuracy"].to_numpy()
+    gain, margin = (ported["accuracy"].to_numpy() - nm.loc[ported["seed"]].to_numpy()).mean(), \
+        (origin - nm.loc[ported["seed"]].to_numpy()).mean()
+    assert margin > 0 and row["above_floor"] == pytest.approx(gain / margin)
+    assert row["above_floor_low"] < row["above_floor"] < row["above_floor_high"] and row["above_floor_unit"] == \
+        "seeds x examples"
+    assert ret[ret["condition"] == "no-module"]["above_floor"].isna().all() and "above the bare host [95% CI]" in md
 
     # did it learn: lora learned, prefix ranks but predicts one class
     learned = pd.read_csv(r.out / "tables" / "did_it_learn.csv").set_index(["technique", "origin_host"])

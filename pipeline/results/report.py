@@ -141,8 +141,8 @@ def build(root: Path, out: Path | None = None, metric: str = "accuracy", n_boot:
     by_dir = compare(d, done2, ["technique", "host_pair", "regime"], metric, n_boot, seed, interval)
     extra = {"retention": retention_table(d), "class_balance": class_balance_table(d), "did_it_learn": learn_table(d),
              "hosts": hosts_table(d.hosts)}
-    extra["drift"] = drift_table(d.runs, d.hosts)
-    extra["drift_tests"] = technique_tests(d.runs, d.preds, d.hosts, seed=seed)
+    extra["drift"] = drift_table(d.runs, d.hosts, d.preds)
+    extra["drift_tests"] = technique_tests(d.runs, d.preds, d.hosts)
 
     tables = []
     for name, df in (("stage2_cells", cells2), ("stage1_cells", cells1), ("stats_pooled", pooled),

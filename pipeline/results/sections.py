@@ -81,7 +81,9 @@ def document(d: SweepData, out: Path, cells1, cells2, pooled, by_dir, metric, fi
                 "heatmap": "Mean paired difference by technique and host direction, one panel per budget",
                 "drift": "Zero-shot retention (accuracy on the receiving host / the module's accuracy on its origin "
                          "host; mean and range over seeds) against the receiving host's distance, per host family; "
-                         "circles: ported, crosses: the no-module floor"}
+                         "circles: ported, crosses: the no-module floor. Bottom row: retention above the floor, "
+                         "(ported − floor) / (origin − floor), with its 95% Fieller interval (0: the module carries "
+                         "nothing over the bare host)"}
     rest = [f for f in figures if f.stem != FOREST]
     for f in rest:
         kind = f.stem.split("_")[0]
@@ -192,7 +194,14 @@ def _retention(doc: Doc, ret: pd.DataFrame) -> None:
           "direction. 1 = everything kept; with a balanced eval set a module at chance keeps about 0.5 / its origin "
           "accuracy, so compare with the majority-class accuracy under “Class balance”."
           + (" No-module: the bare receiving host (with the ported head under `head: trained`) — how much of the "
-             "ported accuracy is there without the module." if head else ""))
+             "ported accuracy is there without the module. **Above the bare host**: (ported − no-module) / (origin − "
+             "no-module), the share of what the module adds over the bare receiving host that porting keeps (1 = all, "
+             "0 = none, < 0 = harm) — a raw ratio near 1 says little when the bare host alone keeps most of the "
+             "accuracy. Ratio of the means over seeds with a 95% Fieller interval (the values R at which the report's "
+             "two-level interval of mean((ported − no-module) − R (origin − no-module)) holds 0: seeds and, with "
+             "per-example predictions, the shared eval examples count); — where the origin's margin over the bare "
+             "host is not distinguishable from 0 (an unbounded set) or there is one seed; none where the origin is "
+             "not above the bare host." if head else ""))
     rows = []
     for (tech, hp), g in ret.groupby(["technique", "host_pair"], sort=True):
         row = [tech, pair_label(hp)]
@@ -206,10 +215,22 @@ def _retention(doc: Doc, ret: pd.DataFrame) -> None:
                 row.append(_f3(x["origin_accuracy"]))
             row += [_f3(x["accuracy"]), f"{x['retention_mean']:.3f} [{x['retention_min']:.3f}–{x['retention_max']:.3f}] "
                                         f"({int(x['n'])})"]
+        if head:
+            p = g[g["condition"] == "ported"]
+            row.append(_above(p.iloc[0]) if len(p) else "—")
         rows.append(row)
     header = ["technique", "host direction", "origin accuracy (stage 1)", "ported zero-shot", "retention (ported)",
-              *(["no-module zero-shot", "retention (no module)"] if head else [])]
+              *(["no-module zero-shot", "retention (no module)", "above the bare host [95% CI]"] if head else [])]
     doc.table(header, rows)
+
+
+def _above(x) -> str:
+    """Retention above the bare host with its interval: 'R [lo, hi]', 'R [—]' without one, 'none' without R."""
+    if is_na(x.get("above_floor")):
+        return "none" if isinstance(x.get("above_floor_why"), str) and x["above_floor_why"] else "—"
+    if is_na(x.get("above_floor_low")):
+        return f"{x['above_floor']:.3f} [—]"
+    return f"{x['above_floor']:.3f} [{x['above_floor_low']:.3f}, {x['above_floor_high']:.3f}]"
 
 
 def _balance(doc: Doc, bal: pd.DataFrame) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..conditions import NAMES as CONDITIONS
 from . import stats
+from .floor import above_floor, floor_triples
 from .sweepdata import SweepData
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}  # metrics of the figures and paired statistics
@@ -148,12 +149,16 @@ def glance_stage2(cells: pd.DataFrame, host_pair: str, dataset: str) -> tuple[li
 # derived tables: retention, class balance, did it learn, hosts
 # --------------------------------------------------------------------------------------------------
 RETENTION_COLS = ["technique", "host_pair", "condition", "n", "origin_accuracy", "accuracy", "retention_mean",
-                  "retention_min", "retention_max", "run_ids"]
+                  "retention_min", "retention_max", "above_floor", "above_floor_low", "above_floor_high",
+                  "above_floor_why", "above_floor_unit", "run_ids"]
 
 
 def retention_table(d: SweepData) -> pd.DataFrame:
     """Zero-shot accuracy on the receiving host / accuracy of the same stage-1 module on its origin host
-    (matched on ``origin_run``), for ported and no-module runs, per technique and host direction."""
+    (matched on ``origin_run``), for ported and no-module runs, per technique and host direction.  Ported rows
+    also carry retention above the bare host, (ported - no-module) / (origin - no-module), with its 95 % Fieller
+    interval (``floor.above_floor``: seeds and, where predictions exist, examples as units)."""
+
     runs = d.runs
     if "origin_run" not in runs:
         return pd.DataFrame(columns=RETENTION_COLS)
@@ -162,11 +167,17 @@ def retention_table(d: SweepData) -> pd.DataFrame:
               & runs["condition"].isin(["ported", "no-module"])]
     s2 = s2.assign(origin_accuracy=s2["origin_run"].map(s1)).dropna(subset=["origin_accuracy", "accuracy"])
     s2 = s2[s2["origin_accuracy"] > 0]
+    triples = floor_triples(runs, d.preds, ["technique", "host_pair"], floors=("no-module",))
     rows = []
     for (tech, hp, cond), g in s2.groupby(["technique", "host_pair", "condition"], sort=True):
         ratio = g["accuracy"] / g["origin_accuracy"]
+        above = [np.nan, np.nan, np.nan, "", ""]
+        if cond == "ported" and (tech, hp) in triples:
+            units, unit = triples[(tech, hp)]
+            a = above_floor(units)
+            above = [a["above_floor"], a["above_floor_low"], a["above_floor_high"], a["above_floor_why"], unit]
         rows.append([tech, hp, cond, len(g), g["origin_accuracy"].mean(), g["accuracy"].mean(), ratio.mean(),
-                     ratio.min(), ratio.max(), ";".join(sorted(g["run_id"]))])
+                     ratio.min(), ratio.max(), *above, ";".join(sorted(g["run_id"]))])
     return pd.DataFrame(rows, columns=RETENTION_COLS)
 
 

