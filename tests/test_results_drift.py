@@ -135,9 +135,6 @@ def test_above_floor_is_fieller_on_per_seed_values():
     assert "no matched runs" in above_floor([])["above_floor_why"]
 
 
-@pytest.mark.xfail(strict=True, reason="with intervals.two_level as of main 352ca71 (the run-pair noise inside the "
-                   "seed part on its own quantile) this Fieller inversion covers 128/150 = 0.85 here at 3 seeds; it "
-                   "covered 0.96 (400 runs) with the earlier two_level: to be settled with the intervals' owner")
 def test_above_floor_covers_a_known_share_kept():
     """Examples drawn anew, a seed effect on the origin and on what is kept: the true share is R = 0.6, since each
     ported prediction is the origin's with probability R (per seed around R) and else the floor's."""

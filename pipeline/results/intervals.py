@@ -93,11 +93,14 @@ class Unit(NamedTuple):
     b: np.ndarray
 
 
-def two_level(units: Sequence[tuple], level: float = 0.95, with_p: bool = True) -> dict:
+def two_level(units: Sequence[tuple], level: float = 0.95, with_p: bool = True, split_noise: bool = True) -> dict:
     """The interval of the mean over run pairs of ``mean(correct_a - correct_b)``.
 
     ``units``: one :class:`Unit` (or a 6-tuple in its order) per run pair.  ``with_p=False`` skips the p-value
-    (a root search; the coverage simulation needs none).  Returns mean_a, mean_b, mean_diff, se (sqrt of
+    (a root search; the coverage simulation needs none).  ``split_noise=False`` puts the whole seed part, run-pair
+    noise included, on t(seeds - 1): conservative, for contrasts that are not paired 0/1 differences (the
+    retention's Fieller inversion, :mod:`pipeline.results.floor`, where the split covered 0.85 in its
+    test).  Returns mean_a, mean_b, mean_diff, se (sqrt of
     seed_var + example_var), df (= seed_df), ci_low, ci_high, p (two-sided, the interval inverted; NaN without
     variation or without an interval), n_units, n_examples, n_strata, n_seeds (seed clusters), seed_df
     (n_seeds - 1), seed_var, example_var (the two parts of the variance), noise_var (the run-pair noise inside
@@ -140,7 +143,7 @@ def two_level(units: Sequence[tuple], level: float = 0.95, with_p: bool = True) 
     if seed_df < 1:
         return out  # one seed (or no stratum with two): seed-to-seed variation cannot be estimated -> no interval
     example_var, example_df, noise_var, noise_df = _example_part(rows, strata, n)
-    noise_var = min(noise_var, seed_var)
+    noise_var = min(noise_var, seed_var) if split_noise else 0.0
     out.update(seed_var=seed_var, example_var=example_var, noise_var=noise_var, se=math.sqrt(seed_var + example_var),
                df=float(seed_df))
     if round(seed_var + example_var, 2 * DECIMALS) <= 0:
