@@ -149,7 +149,7 @@ def encode(tokenizer, template: str, texts: list[str], max_length: int, chat: bo
                         raise ValueError(f"max_length {max_length} is shorter than the template alone "
                                          f"({len(row)} tokens): raise max_length")
                     break
-                row = ids_of(tokenizer.decode(words[cut:]))
+                row = ids_of(tokenizer.decode(words[cut:]).lstrip())
                 cut += max(1, len(row) - max_length)
         out.append(row)
     return out
