@@ -173,7 +173,7 @@ def test_truncation_keeps_the_chat_system_header(paths):
     long.tokenizer.chat_template = DATED
     ids = long.encode(["word " * 80])[0]
     assert len(ids) <= 60 and tok.decode(ids).startswith("<|system|>Today Date: ")
-    assert "\nYou judge reviews.\n<|user|>Review: word" in tok.decode(ids)
+    assert "\nYou judge reviews.\n<|user|>Review: " in tok.decode(ids)
     assert tok.decode(ids).endswith("Sentiment:\n<|assistant|>\n")
 
 
