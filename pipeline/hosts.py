@@ -203,6 +203,13 @@ def _ladder(kind: str, description: str, builder: str, *args) -> EmbeddedHost:
                         base="all-minilm-l6-v2")
 
 
+def _smollm2_rung(recipe: str, description: str, builder: str, arg) -> EmbeddedHost:
+    """A receiving host derived from SmolLM2-135M-Instruct (``pipeline.run.hostbuild_lm``), built beside it."""
+    build = lambda out: getattr(_builders("_lm"), builder)(out, arg, out.parent)  # noqa: E731
+    return EmbeddedHost("llama", f"SmolLM2-135M-Instruct {description}", build, recipe=recipe,
+                        base="smollm2-135m-instruct")
+
+
 def _simcse_host(m) -> EmbeddedHost:
     lr, n = float(f"{m[1]}e-{m[2]}"), int(m[3])
     return _ladder("simcse", f"+ {n} steps of unsupervised SimCSE on the tweets at lr {lr:g}", "build_minilm_simcse",
@@ -231,10 +238,16 @@ PARAMETERISED: tuple[tuple[re.Pattern, Callable], ...] = (
         "mlm", f"+ {m[1]} steps of masked-LM on the tweets (fresh MLM head, pooler kept)", "build_minilm_mlm",
         int(m[1]))),
     (re.compile(rf"all-minilm-l6-v2-perm-((?:{_KINDS})(?:-(?:{_KINDS}))*)-{_FRAC}"), _perm_host),
+    (re.compile(r"smollm2-135m-instruct-tweets-" + _N), lambda m: _smollm2_rung(
+        "tweets-llama-v1", f"+ {m[1]} steps of next-token training on the tweets", "build_smollm2_tweets", int(m[1]))),
+    (re.compile(r"smollm2-135m-instruct-perm-(heads|resid|heads-resid)"), lambda m: _smollm2_rung(
+        "perm-llama-v1", f"with {m[1].replace('-', ' + ')} permuted (seed 0): the same function in other coordinates",
+        "build_smollm2_permuted", m[1].split("-"))),
 )
 PARAMETERISED_HELP = (f"{MINILM_TWEETS}-<N> (N SimCSE steps), all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>, "
                       "all-minilm-l6-v2-tweetsent-<N>, all-minilm-l6-v2-mlm-<N>, "
-                      "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>")
+                      "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>, "
+                      "smollm2-135m-instruct-tweets-<N>, smollm2-135m-instruct-perm-<heads|resid|heads-resid>")
 
 
 def _parameterised(key) -> EmbeddedHost | None:

