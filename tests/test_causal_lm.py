@@ -507,3 +507,28 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_not_hashed(hosts
          "techniques": ["lora"], "conditions": ["ported"], "regimes": ["zero-shot", 10], "seeds": [0]}
     ids = lambda **kw: [r.run_id for r in P.build(S.parse({**d, **kw})).runs]  # noqa: E731
     assert ids(origin_training={"gradient_checkpointing": True}) == ids()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prefix_init_text_starts_as_the_host_reading_that_text_first(hosts, paths, arch):
+    """A fresh prefix with ``init_text`` holds the host's own key/values of that text: the host with it scores a
+    prompt exactly as the bare host scores text + prompt (peft's default N(0, 1) prefix does not)."""
+    task = make_task(paths, arch)
+    host = hosts[f"tiny-{arch}-b"]
+    text_ids = task.tokenizer("a film review", add_special_tokens=False)["input_ids"][:4]
+    fresh = attached_with(hosts, f"tiny-{arch}-b", "prefix", {"num_virtual_tokens": len(text_ids),
+                                                             "init_text": "a film review"})
+    prompts = task.encode(TEXTS)
+    got = task.scores(fresh.eval(), task.collate(prompts, LABELS))
+    joined = [text_ids + p for p in prompts]  # llama's BOS included: the prefix sits before everything
+    expected = task.scores(host, task.collate(joined, LABELS))
+    assert torch.allclose(got, expected, atol=1e-4)
+    default = attached_with(hosts, f"tiny-{arch}-b", "prefix", {"num_virtual_tokens": len(text_ids)})
+    assert not torch.allclose(task.scores(default.eval(), task.collate(prompts, LABELS)), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="causal-lm hosts only"):
+        RT.build("prefix", copy.deepcopy(hosts[f"tiny-{arch}-b"]), "similarity", {"init_text": "x"})
+
+
+def attached_with(hosts, host, technique, params, seed=0):
+    torch.manual_seed(seed)
+    return RT.build(technique, copy.deepcopy(hosts[host]), LM, params)

@@ -62,8 +62,11 @@ class Positions(nn.Module):
         super().__init__()
         self.virtual_front = 0  # prompt tuning's prepended virtual tokens (set by the prompt technique)
         self.last: torch.Tensor | None = None  # the position ids of the last forward (tests read them)
+        self.enabled = True  # off only while prefix tuning computes the host's own key/values (techniques/prefix.py)
 
     def fix(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        if not self.enabled:
+            return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
