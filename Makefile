@@ -13,7 +13,7 @@ SETARGS = $(foreach s,$(SET),--set '$(s)')
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean
+        bench bench-smoke gpu-check mutate lint slurm-up slurm-down clean demo-llm
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -38,6 +38,10 @@ demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the sum
 demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions, three seeds (~45 min here, estimated)
 	$(RUN) run sweeps/demo-full.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo-full.yaml
+
+demo-llm: $(STAMP) ## the study on a real LLM: SmolLM2-135M-Instruct -> its tweets-drifted twin, 4 techniques, 3 seeds (sweeps/llm-demo.yaml; not in CI)
+	$(RUN) run sweeps/llm-demo.yaml --workers $(WORKERS) $(SETARGS)
+	$(RUN) report sweeps/llm-demo.yaml
 
 tune: $(STAMP) ## the learning-rate sweep behind the demo's per-technique budgets (sweeps/tune.yaml)
 	$(RUN) run sweeps/tune.yaml --workers $(WORKERS)
