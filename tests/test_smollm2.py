@@ -115,3 +115,34 @@ def test_real_llm_smoke_through_pipeline_run(tmp_path, models_dir, smollm2):
     # the same host, the same module: what stage 1 scored, to the bit
     assert (ported["accuracy"], ported["auc"], ported["eval_loss"]) == (s1["accuracy"], s1["auc"], s1["eval_loss"])
     assert 0.0 <= bare["accuracy"] <= 1.0 and not bare["module_parameters"] and bare["train_steps"] == 0
+
+
+@pytest.mark.parametrize("kinds", [["heads"], ["resid"], ["heads", "resid"]])
+def test_decoder_permutations_keep_the_function(models_dir, kinds):
+    """The coordinate rungs' recipe on the tiny Llama (4 query heads in 2 key/value groups, tied embeddings):
+    weights move, logits stay."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.run.hostbuild_lm import logit_difference, permute_llama
+
+    path = hosts.build_all(models_dir, ["tiny-llama-b"])["tiny-llama-b"]
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    host = copy.deepcopy(base)
+    perms = permute_llama(host, kinds, seed=3)
+    moved = [k for k, v in host.state_dict().items() if not (v == base.state_dict()[k]).all()]
+    assert moved and all(any(part in k for part in ("proj", "norm", "embed", "lm_head")) for k in moved)
+    if "heads" in kinds:
+        for layer in perms["heads"]:  # each query head stays in its key/value head's group
+            assert [q // 2 for q in layer["q"]] == [kv for kv in layer["kv"] for _ in range(2)]
+    assert host.lm_head.weight is host.model.embed_tokens.weight
+    assert logit_difference(base, host, AutoTokenizer.from_pretrained(path)) < 1e-4
+
+
+def test_receiving_host_names_resolve_without_building(tmp_path):
+    for name in ("smollm2-135m-instruct-tweets-30", "smollm2-135m-instruct-perm-heads",
+                 "smollm2-135m-instruct-perm-resid", "smollm2-135m-instruct-perm-heads-resid"):
+        assert name in hosts.EMBEDDED and hosts.EMBEDDED[name].base == NAME
+        assert hosts.planned_config("embedded:" + name, tmp_path) == {**SMOLLM2_SHAPE, "_declared": True}
+    assert "smollm2-135m-instruct-perm-resid-heads" not in hosts.EMBEDDED  # one canonical name per host
