@@ -16,8 +16,11 @@ prefixes on every attention block; ``tests/test_text_to_text.py`` pins it.
 ``init_text`` (causal-lm hosts; not a peft field): the prefix starts as the host's *own* key/values of that
 text's first ``num_virtual_tokens`` tokens, computed at positions ``-P..-1`` -- so a fresh prefix makes the
 host compute exactly what it computes on ``init_text + prompt`` (the real tokens keep positions ``0..n-1``;
-RoPE sees only relative offsets), a real context rather than peft's N(0, 1) key/values, which on
-SmolLM2-135M-Instruct dropped the bare host from 0.725 to 0.41.  Li & Liang initialise from real words'
+RoPE sees only relative offsets), a real context rather than peft's N(0, 1) key/values.  Measured
+(2026-12-07, SmolLM2-135M-Instruct, 96 Rotten Tomatoes snippets, 10 virtual tokens, fresh prefix, accuracy /
+AUC): bare host 0.792 / 0.868; peft's default init 0.448 / 0.655; init_text "Here is a short movie review
+and its sentiment.\n" 0.781 / 0.869, "Review:" 0.729 / 0.871, "\n" 0.667 / 0.859 -- the text matters, and
+a sentence that announces the task leaves the host's score.  Li & Liang initialise from real words'
 activations too.  The text is tokenised by the host's own tokenizer (read from the folder it was loaded
 from) and repeated if it has fewer tokens than the prefix.
 """
