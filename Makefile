@@ -23,7 +23,7 @@ TORCH_PIN := $(shell sed -n 's/^torch==//p' requirements.lock)
 TORCH_WANT := $(VENV)/.torch-cuda
 
 .PHONY: FORCE help setup hosts demo demo-full tune drift dry-run run sweep fetch status resume merge summary report test test-fast \
-        bench bench-smoke bench-compare gpu-check mutate lint slurm-up slurm-down clean spec-doc
+        bench bench-smoke bench-compare gpu-check mutate lint slurm-up slurm-down clean spec-doc demo-llm
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -65,6 +65,10 @@ demo: $(STAMP) ## run sweeps/demo.yaml end to end on this machine, print the sum
 demo-full: $(STAMP) ## the embedded study in full: six techniques, both directions, three seeds (~45 min here, estimated)
 	$(RUN) run sweeps/demo-full.yaml --workers $(WORKERS)
 	$(RUN) report sweeps/demo-full.yaml
+
+demo-llm: $(STAMP) ## the study on a real LLM: SmolLM2-135M-Instruct -> its tweets-drifted twin, 4 techniques, 3 seeds (sweeps/llm-demo.yaml; not in CI)
+	$(RUN) run sweeps/llm-demo.yaml --workers $(WORKERS) $(SETARGS)
+	$(RUN) report sweeps/llm-demo.yaml
 
 tune: $(STAMP) ## the learning-rate sweep behind the demo's per-technique budgets (sweeps/tune.yaml)
 	$(RUN) run sweeps/tune.yaml --workers $(WORKERS)

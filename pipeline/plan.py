@@ -46,7 +46,8 @@ from .spec import Spec
 from .techniques.base import CLASSIFICATION, TRAINING_KEYS
 
 ID_LEN = 12
-EVAL_FIELDS = ("max_length", "precision", "device")  # what a zero-shot run's result depends on of further_training
+EVAL_FIELDS = ("max_length", "precision", "device", "frozen_dtype")  # what a zero-shot run's result depends on of
+# further_training (frozen_dtype only when set: the spec leaves out its default fp32, so fp32 ids are unchanged)
 SETTINGS = ("checkpoint_every", "eval_batch_size", "gradient_checkpointing")  # settings that never change a result
 SPLIT_VERSION = 2  # in every run id: 2 = deduplicated, stratified, disjoint splits (pipeline.run.data)
 UNRESOLVED = "unresolved"
@@ -290,10 +291,13 @@ def build(spec: Spec, hosts: dict[str, dict[str, Any]] | None = None, source: st
     conds = [(c, enc(c), CONDITIONS[c]) for c in spec.conditions]
     ft = resolve_precision(spec.further_training.model_dump(), spec.resources.stage2, "further_training", source)
     ot = resolve_precision(spec.origin_training.model_dump(), spec.resources.stage1, "origin_training", source)
+    if "prefix" in spec.techniques and (ot.get("gradient_checkpointing") or ft.get("gradient_checkpointing")):
+        raise SpecError(f"{source}: gradient_checkpointing cannot be used with prefix (checkpointed layers drop "
+                        "the prefix's key/values): turn it off, or plan prefix in a spec of its own")
     settings1 = {k: ot[k] for k in SETTINGS if k in ot}
     settings2 = {k: ft[k] for k in SETTINGS if k in ft}
     ft_train = {k: v for k, v in ft.items() if k not in SETTINGS and k != "steps"}
-    ft_eval = {k: ft[k] for k in EVAL_FIELDS}
+    ft_eval = {k: ft[k] for k in EVAL_FIELDS if k in ft}
     ot_train = {k: v for k, v in ot.items() if k not in SETTINGS}
     for technique, (variant, params) in ((t, v) for t in spec.techniques for v in spec.variants_for(t)):
         # lr and steps are training settings: hashed once, resolved, in the training dicts (so `--set

@@ -99,18 +99,22 @@ def test_tiny_decoders_are_built_with_their_declared_shapes(paths):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_label_words_are_continuations_and_long_inputs_lose_their_start(paths, arch):
-    task = make_task(paths, arch, max_length=12)
+def test_label_words_are_continuations_and_long_inputs_lose_the_start_of_their_text(paths, arch):
+    task = make_task(paths, arch, max_length=20)
     tok = task.tokenizer
     words = task.word_ids()
     assert [tok.decode(w) for w in words] == [" negative", " positive"]
     assert len(words[1]) > 1  # the tiny tokenizers split " positive": multi-token words are exercised
     long = task.encode(["word " * 40])[0]
     full = tok(TEMPLATE.replace("{text}", "word " * 40))["input_ids"]
-    assert len(long) == 12 and long[-5:] == full[-5:]  # the template's end survives
+    head = tok(TEMPLATE.split("{text}")[0].rstrip())["input_ids"]  # "Review:" (after a BOS where there is one)
+    assert 18 <= len(long) <= 20 and long[-5:] == full[-5:]  # the template's end survives (a cut may merge tokens)
+    assert long[: len(head)] == head  # and so does its start: the text is cut, not the template
     if tok.bos_token_id is not None:  # llama: BOS kept in front
         assert long[0] == tok.bos_token_id == full[0]
     assert tok.pad_token_id is not None  # gpt2 has none: the task pads with eos
+    with pytest.raises(ValueError, match="shorter than the template alone"):
+        make_task(paths, arch, max_length=8).encode(["word " * 40])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -133,6 +137,93 @@ def test_chat_template_is_applied_only_when_asked(paths):
     assert chat.encode(["fun"])[0] == chat.tokenizer(wrapped, add_special_tokens=False)["input_ids"]
     with pytest.raises(ValueError, match="no chat template"):
         make_task(paths, "gpt2", chat=True).encode(["fun"])
+
+
+DATED = ("{% if date_string is not defined %}{% set date_string = strftime_now('%d %b %Y') %}{% endif %}"
+         "<|system|>Today Date: {{ date_string }}\nYou judge reviews.\n"
+         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # shaped like Llama 3.2's system header
+
+
+def test_chat_template_label_words_have_no_leading_space(paths):
+    """After the generation prompt (a header and a newline) an answer starts without a space."""
+    chat = make_task(paths, "qwen2", chat=True)
+    tok = chat.tokenizer
+    assert [tok.decode(w) for w in chat.word_ids()] == ["negative", "positive"]
+    assert chat.word_ids() == [tok(w, add_special_tokens=False)["input_ids"] for w in ("negative", "positive")]
+    assert [tok.decode(w) for w in make_task(paths, "qwen2").word_ids()] == [" negative", " positive"]
+
+
+def test_chat_prompts_carry_no_date_of_today(paths):
+    """A template that writes today's date (Llama 3.2's) sees a fixed one: prompts must not change by day under
+    one run id."""
+    import datetime
+
+    chat = make_task(paths, "qwen2", chat=True, max_length=100)
+    tok = chat.tokenizer
+    tok.chat_template = DATED
+    text = tok.decode(chat.encode(["fun"])[0])
+    assert "Today Date: 26 Jul 2024" in text
+    assert datetime.datetime.now().strftime("%d %b %Y") not in text
+
+
+def test_truncation_keeps_the_chat_system_header(paths):
+    tok = make_task(paths, "qwen2").tokenizer
+    long = make_task(paths, "qwen2", chat=True, max_length=60)
+    long.tokenizer.chat_template = DATED
+    ids = long.encode(["word " * 80])[0]
+    assert len(ids) <= 60 and tok.decode(ids).startswith("<|system|>Today Date: ")
+    assert "\nYou judge reviews.\n<|user|>Review: " in tok.decode(ids)
+    assert tok.decode(ids).endswith("Sentiment:\n<|assistant|>\n")
+
+
+def test_label_words_are_scored_in_fp32_from_bf16_weights(hosts, paths):
+    """With frozen weights in bf16 under autocast, a label word's log-likelihood is computed in fp32 from the
+    final hidden state -- not from logits the bf16 LM head already rounded (8 bits of mantissa)."""
+    from pipeline.run.train import set_frozen_dtype
+
+    task = make_task(paths, "llama")
+    model = copy.deepcopy(hosts["tiny-llama-b"]).requires_grad_(False)
+    set_frozen_dtype(model, "bf16")
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = task.scores(model, batch_of(task))
+        hidden = [model.model(input_ids=torch.tensor([task.encode([t])[0] + w])).last_hidden_state[0]
+                  for t in TEXTS for w in task.word_ids()]
+    assert got.dtype == torch.float32
+    expected = []
+    for (t, w), h in zip([(t, w) for t in TEXTS for w in task.word_ids()], hidden):
+        logp = F.log_softmax(h.float() @ model.lm_head.weight.float().T, dim=-1)
+        n = len(task.encode([t])[0])
+        expected.append(sum(float(logp[n - 1 + i, tok]) for i, tok in enumerate(w)))
+    assert torch.allclose(got, torch.tensor(expected).view(len(TEXTS), 2), atol=1e-4, rtol=0)
+
+
+def test_no_kv_cache_is_built(paths):
+    task = make_task(paths, "llama")
+    model = task.load_model(paths["tiny-llama-a"])
+    assert model.config.use_cache is False
+    caches = []
+    causal.inner(model).register_forward_hook(lambda _m, _a, out: caches.append(out.past_key_values))
+    task.scores(model, batch_of(task))
+    task.loss(model, batch_of(task))
+    assert caches == [None, None]
+
+
+@pytest.mark.parametrize("technique", ["compacter", "bottleneck"])
+def test_adapters_keep_the_residual_stream_in_bf16_under_autocast(hosts, technique):
+    """Compacter's fp32 bias added to a bf16 product promoted the stream after every adapter to fp32."""
+    from pipeline.run.train import set_frozen_dtype
+
+    model = attached(hosts, "tiny-llama-a", technique)
+    set_frozen_dtype(model, "bf16")
+    dtypes = []
+    for layer in model.model.layers:
+        layer.register_forward_hook(lambda _m, _a, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+    assert dtypes == [torch.bfloat16] * len(model.model.layers)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------- techniques
@@ -416,3 +507,28 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_not_hashed(hosts
          "techniques": ["lora"], "conditions": ["ported"], "regimes": ["zero-shot", 10], "seeds": [0]}
     ids = lambda **kw: [r.run_id for r in P.build(S.parse({**d, **kw})).runs]  # noqa: E731
     assert ids(origin_training={"gradient_checkpointing": True}) == ids()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prefix_init_text_starts_as_the_host_reading_that_text_first(hosts, paths, arch):
+    """A fresh prefix with ``init_text`` holds the host's own key/values of that text: the host with it scores a
+    prompt exactly as the bare host scores text + prompt (peft's default N(0, 1) prefix does not)."""
+    task = make_task(paths, arch)
+    host = hosts[f"tiny-{arch}-b"]
+    text_ids = task.tokenizer("a film review", add_special_tokens=False)["input_ids"][:4]
+    fresh = attached_with(hosts, f"tiny-{arch}-b", "prefix", {"num_virtual_tokens": len(text_ids),
+                                                             "init_text": "a film review"})
+    prompts = task.encode(TEXTS)
+    got = task.scores(fresh.eval(), task.collate(prompts, LABELS))
+    joined = [text_ids + p for p in prompts]  # llama's BOS included: the prefix sits before everything
+    expected = task.scores(host, task.collate(joined, LABELS))
+    assert torch.allclose(got, expected, atol=1e-4)
+    default = attached_with(hosts, f"tiny-{arch}-b", "prefix", {"num_virtual_tokens": len(text_ids)})
+    assert not torch.allclose(task.scores(default.eval(), task.collate(prompts, LABELS)), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="causal-lm hosts only"):
+        RT.build("prefix", copy.deepcopy(hosts[f"tiny-{arch}-b"]), "similarity", {"init_text": "x"})
+
+
+def attached_with(hosts, host, technique, params, seed=0):
+    torch.manual_seed(seed)
+    return RT.build(technique, copy.deepcopy(hosts[host]), LM, params)

@@ -87,3 +87,29 @@ def test_dry_run_prints_memory_per_host_offline(tmp_path):
     for name in ("qwen-base", "qwen-instruct", "smollm-base", "smollm-instruct", "llama-base", "llama-instruct"):
         assert f"host {name}: ~" in out and "GB peak GPU memory a run" in out
     assert "GPU-h" in out
+
+
+def test_zero_shot_runs_keep_the_frozen_dtype_of_the_trained_ones():
+    """llm.yaml holds frozen weights in bf16: its zero-shot runs must be scored with them too (retention divides
+    one by the other), and the run ids of a spec without frozen_dtype stay as they were."""
+    plan = P.build(S.load(LLM))
+    zero = [r for r in plan.stage2 if r.key["regime"] == 0]
+    trained = [r for r in plan.stage2 if r.key["regime"]]
+    assert zero and trained
+    assert all(r.key["training"]["frozen_dtype"] == "bf16" for r in zero + trained)
+    assert {r.key["training"]["precision"] for r in zero} == {"bf16"}
+    d = yaml.safe_load(LLM.read_text())
+    for stage in ("origin_training", "further_training"):
+        d[stage].pop("frozen_dtype")
+    plain = P.build(S.parse(d))
+    assert all("frozen_dtype" not in r.key["training"] for r in plain.stage2)
+
+
+def test_gradient_checkpointing_with_prefix_is_refused_at_plan_time():
+    d = yaml.safe_load(LLM.read_text())
+    d["further_training"]["gradient_checkpointing"] = True
+    with pytest.raises(SpecError, match="gradient_checkpointing cannot be used with prefix") as e:
+        P.build(S.parse(d), source="llm.yaml")
+    assert "\n" not in str(e.value)
+    d["techniques"] = ["lora", "bottleneck"]
+    assert P.build(S.parse(d)).runs  # without prefix it plans

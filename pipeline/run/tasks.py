@@ -99,6 +99,7 @@ class Task:
             return model
         if self.kind == CAUSAL_LM:
             model = transformers.AutoModelForCausalLM.from_pretrained(path)
+            model.config.use_cache = False  # scoring and training never reuse a KV cache: build none
             causal.install(model)
             return model
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
@@ -119,9 +120,9 @@ class Task:
 
     # -- data --------------------------------------------------------------------
     def encode(self, texts) -> list[list[int]]:
+        if self.kind == CAUSAL_LM:  # cuts the text, not the template, when too long
+            return causal.encode(self.tokenizer, self.template, list(texts), self.max_length, self.chat)
         texts = [self.template.replace("{text}", t) for t in texts]
-        if self.kind == CAUSAL_LM:
-            return causal.encode(self.tokenizer, texts, self.max_length, self.chat)
         return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
     def label_ids(self) -> list[list[int]]:
@@ -146,7 +147,7 @@ class Task:
         """Each label word's target token ids, end-of-sequence token included (causal-lm: its continuation
         tokens, see ``pipeline.run.causal``)."""
         if self._words is None and self.kind == CAUSAL_LM:
-            self._words = causal.word_ids(self.tokenizer, self.label_words)
+            self._words = causal.word_ids(self.tokenizer, self.label_words, self.chat)
         if self._words is None:
             words = [self.tokenizer(w, add_special_tokens=True)["input_ids"] for w in self.label_words]
             eos = getattr(self.tokenizer, "eos_token_id", None)

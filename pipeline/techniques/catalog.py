@@ -42,6 +42,7 @@ PREFIX = Technique(
         "num_virtual_tokens": Param("int", 10, min=1),
         "prefix_projection": Param("bool", False),
         "encoder_hidden_size": Param("int", min=1),
+        "init_text": Param("str"),  # causal-lm: start from the host's own key/values of this text (run/techniques/prefix.py)
     },
     lr=1e-2,
     description="trainable key/value prefixes in every layer (peft PrefixTuningConfig)",

@@ -112,7 +112,10 @@ class PHMLinear(nn.Module):
         return torch.einsum("kxy,kij->xiyj", a, b).reshape(n * p, n * q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight() + self.bias
+        y = x @ self.weight()
+        # the bias in the product's dtype, as nn.Linear does under autocast: an fp32 bias added to a bf16
+        # product would promote it, and with it the host's whole residual stream, to fp32
+        return y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         n, p, r = self.s.shape
