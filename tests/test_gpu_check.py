@@ -21,9 +21,8 @@ def test_tiny_run_prints_one_line_per_host_and_technique(capsys):
     assert "gpu-check passed: 3 hosts x 4 techniques" in out
 
 
-@pytest.mark.xfail(strict=True, reason="compacter on an encoder with frozen bf16 weights: the host's LayerNorm gets "
-                                       "fp32 input and bf16 weights ('mixed dtype (CPU)'); not fixed yet")
 def test_tiny_compacter_on_bert_with_frozen_bf16(capsys):
+    """Fixed with Compacter's bias added in the product's dtype (the LayerNorm after it used to get fp32 input)."""
     assert G.main(["--tiny", "--hosts", "tiny-bert-a", "--techniques", "compacter"]) == 0
 
 
