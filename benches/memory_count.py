@@ -5,7 +5,8 @@
 ``max_length`` tokens with the run's Task (so a causal-lm run has its row per class, a text-to-text run its label
 words), and runs ``task.loss`` under ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd saves is
 counted once by its storage (views share one), parameters excluded.  Autocast's bf16 copies of frozen weights
-are counted apart (``weight_copies``: bf16 tensors the shape of a parameter).  Nothing is run backward.
+are counted apart (``weight_copies``: bf16 tensors the shape of a parameter under autocast, and with frozen bf16
+weights the fp32 LM head the word scoring keeps).  Nothing is run backward.
 
 ``python -m benches.memory_count PATH KIND BATCH MAX_LENGTH [fp32|bf16]`` prints the count beside
 ``run_memory``'s estimate for that host (any local host folder: a built tiny host, all-MiniLM, a SmolLM2 folder).
@@ -66,8 +67,9 @@ def saved(path: str, kind: str, batch: int, max_length: int, precision: str = "f
         st = t.untyped_storage()
         ptr = st.data_ptr()
         if ptr not in params and ptr not in seen:
-            seen[ptr] = (st.nbytes(), t.dtype == torch.bfloat16 and tuple(t.shape) in shapes and precision == "bf16"
-                         and frozen == "fp32")
+            seen[ptr] = (st.nbytes(), (tuple(t.shape) in shapes or tuple(t.shape)[::-1] in shapes) and (
+                (t.dtype == torch.bfloat16 and precision == "bf16" and frozen == "fp32")  # autocast's weight copies
+                or (t.dtype == torch.float32 and frozen == "bf16")))  # the fp32 LM head (transposed) the scoring keeps
         return t
 
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)

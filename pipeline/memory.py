@@ -20,7 +20,8 @@ CAUSAL_LM = "causal-lm"
 # * decoders (Llama/Qwen2 through SDPA, no dropout: nothing quadratic in L is kept): 17.0 B x d + 14.2 B x d_ff
 #   per layer, + 6.1 B x d per token outside the layers, read off a 2- and a 30-layer SmolLM2-135M; 0.99 GB
 #   measured / 1.00 estimated at 8 x 64 on the real SmolLM2 (2 rows an example), 7.9 / 7.9 GB at 32 x 128; the
-#   word's logits: fp32 logits and their log-softmax at two positions a row.
+#   word's logits: fp32 logits and their log-softmax at two positions a row, and with frozen bf16 weights the fp32
+#   copy of the LM head the fp32 scoring multiplies by (vocab x d x 4 B: 113 MB on SmolLM2).
 # Under bf16 autocast the count falls to the share in ACT_BF16 (norms, softmax and losses stay fp32); with frozen
 # bf16 weights a little further.  Autocast's bf16 copy of every frozen matmul weight lives until the backward
 # pass (~2 B a parameter); trainable parameters cost 16 B (fp32 weight, grad, two Adam moments).  T5-large at
@@ -64,8 +65,11 @@ def run_memory(n_params: int, shape: tuple[int, int, int, int], training: dict, 
         a, b, g, e = FAMILY_BYTES[family]
         share = 1.0 if not bf16 else ACT_BF16[family][1 if frozen_bf16 else 0]
         activations = batch * L * (layers * (a * d + b * ff + g * heads * L) + e * d) * share
+    # the words are scored in fp32: with frozen bf16 weights an fp32 copy of the LM head is kept for the backward
+    head = vocab * d * 4 / 1e9 if family == "decoder" and frozen_bf16 else 0.0
     parts = {"weights": n_params * (2 if frozen_bf16 else 4) / 1e9,
              "bf16_copies": n_params * 2 / 1e9 if bf16 and not frozen_bf16 else 0.0,
+             "fp32_head": head,
              "trainable": trainable * 16 / 1e9,
              "activations": (activations + logits) / 1e9,
              "cuda_context": CUDA_CONTEXT_GB}
