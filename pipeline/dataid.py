@@ -22,10 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import suppress
 from pathlib import Path
 
-from .files import sha256_file
+from .files import atomic_write, sha256_file
 
 UNRESOLVED = "unresolved"
 # The files a tokenizer is loaded from (transformers' AutoTokenizer): fast and slow vocabularies, merges,
@@ -91,15 +90,11 @@ def save_cache() -> None:
         on_disk = {}
     merged = {**on_disk, **(_disk or {})}
     merged = {k: v for k, v in merged.items() if os.path.exists(k)}  # forget files that are gone
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(merged, separators=(",", ":")))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(merged, separators=(",", ":")))
         _dirty = False
     except OSError:  # read-only home, full disk: no cache, hashes are recomputed next time
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        pass
 
 
 def folder_sha256(folder: Path | str, names: tuple[str, ...] | None = None) -> tuple[str, int]:
